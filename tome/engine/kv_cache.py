@@ -1,0 +1,34 @@
+"""The paged KV pool: one K and one V tensor per layer, sized from a memory budget."""
+
+import psutil
+import torch
+
+from tome.models.config import ModelConfig
+
+DEFAULT_CPU_SHARE = 0.25  # of available RAM, when no kv_cache_memory is given
+DEFAULT_GPU_SHARE = 0.90  # of free GPU memory after the weights
+
+
+def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
+    element = torch.tensor([], dtype=dtype).element_size()
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
+
+
+def default_kv_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * DEFAULT_GPU_SHARE)
+    return int(psutil.virtual_memory().available * DEFAULT_CPU_SHARE)
+
+
+def allocate_kv_cache(
+    config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+    return [
+        (
+            torch.zeros(shape, dtype=dtype, device=device),
+            torch.zeros(shape, dtype=dtype, device=device),
+        )
+        for _ in range(config.num_hidden_layers)
+    ]

@@ -1,0 +1,68 @@
+"""From an EngineConfig to a model with weights in place, its tokenizer and its config."""
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from rich.progress import Progress
+
+from tome.engine.config import DTYPES, EngineConfig
+from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
+from tome.loader.model_source import ModelSource
+from tome.models.config import ModelConfig
+from tome.models.registry import model_class
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    config: ModelConfig
+    source: ModelSource
+    dtype: torch.dtype
+
+
+def choose_dtype(requested: str, hf_config, device: torch.device) -> torch.dtype:
+    if requested != "auto":
+        return DTYPES[requested]
+    if device.type == "cpu":
+        return torch.float32
+    stored = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+    return stored if stored in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    source = resolve_model(config.model)
+    hf_config = load_hf_config(source)
+    model_config = ModelConfig.from_hf(hf_config)
+    device = config.resolved_device()
+    dtype = choose_dtype(config.dtype, hf_config, device)
+    tokenizer = Tokenizer.from_source(source)
+    with torch.device(device):
+        model = model_class(model_config)(model_config).to(dtype)
+    if config.load_format == "dummy":
+        weights = dummy_weights(model_config, model.checkpoint_shapes(), seed=config.seed)
+    else:
+        weights = iter_weights(source, model_config)
+    model.load_weights(
+        _with_progress(weights, len(model.checkpoint_shapes()), config.show_progress)
+    )
+    model.eval()
+    logger.info("loaded %s (%s, %s) on %s", source.name, model_config.architecture, dtype, device)
+    return LoadedModel(model, tokenizer, model_config, source, dtype)
+
+
+def _with_progress(
+    weights: Iterable[tuple[str, torch.Tensor]], total: int, show: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
+    if not show:
+        yield from weights
+        return
+    with Progress(transient=True) as progress:
+        task = progress.add_task("Loading weights", total=total)
+        for item in weights:
+            yield item
+            progress.advance(task)

@@ -1,0 +1,83 @@
+"""ModelRunner: owns the model and its KV pool; turns a scheduled batch into one flattened
+forward pass and samples the positions that need a next token."""
+
+import logging
+
+import torch
+
+from tome.engine.kv_cache import allocate_kv_cache
+from tome.engine.sampler import SampledToken, sample
+from tome.engine.scheduler import ScheduledBatch
+from tome.layers.attention import Attention
+from tome.layers.attention_metadata import AttentionMetadata
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        block_size: int,
+        num_blocks: int,
+        kv_dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.kv_caches = allocate_kv_cache(model.config, num_blocks, block_size, kv_dtype, device)
+        layers = [m for m in model.modules() if isinstance(m, Attention)]
+        for layer, (k_cache, v_cache) in zip(layers, self.kv_caches, strict=True):
+            layer.bind_cache(k_cache, v_cache)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> list[SampledToken | None]:
+        """Run one step. Returns a sampled token for each sequence whose chunk reached the
+        end of its known tokens, None for a prefill chunk that is not the last."""
+        input_ids, positions, meta, sample_rows = self._prepare(batch)
+        hidden = self.model(input_ids, positions, meta)
+        results: list[SampledToken | None] = [None] * len(batch)
+        if sample_rows:
+            ends = torch.tensor([meta.query_start_loc_cpu[i + 1] - 1 for i in sample_rows])
+            logits = self.model.compute_logits(hidden[ends.to(self.device)])
+            sampled = sample(logits, [batch.seqs[i] for i in sample_rows])
+            for i, token in zip(sample_rows, sampled, strict=True):
+                results[i] = token
+        return results
+
+    def _prepare(self, batch: ScheduledBatch):
+        ids: list[int] = []
+        positions: list[int] = []
+        query_start_loc = [0]
+        context_lens: list[int] = []
+        sample_rows: list[int] = []
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            start = seq.num_computed_tokens
+            ids.extend(seq.token_ids[start : start + n])
+            positions.extend(range(start, start + n))
+            query_start_loc.append(query_start_loc[-1] + n)
+            context_lens.append(start + n)
+            if start + n == seq.num_tokens:
+                sample_rows.append(i)
+        longest_table = max(len(seq.block_table) for seq in batch.seqs)
+        tables = torch.zeros(len(batch), longest_table, dtype=torch.long)
+        for i, seq in enumerate(batch.seqs):
+            tables[i, : len(seq.block_table)] = torch.tensor(seq.block_table)
+        position_tensor = torch.tensor(positions, dtype=torch.long)
+        seq_of_token = torch.repeat_interleave(
+            torch.arange(len(batch)), torch.tensor(batch.num_new_tokens)
+        )
+        blocks = tables[seq_of_token, position_tensor // self.block_size]
+        slot_mapping = blocks * self.block_size + position_tensor % self.block_size
+        meta = AttentionMetadata(
+            slot_mapping=slot_mapping.to(self.device),
+            block_tables=tables.to(self.device),
+            context_lens=torch.tensor(context_lens).to(self.device),
+            query_start_loc=torch.tensor(query_start_loc).to(self.device),
+            num_decodes=batch.num_decodes,
+            query_start_loc_cpu=query_start_loc,
+            context_lens_cpu=context_lens,
+        )
+        input_tensor = torch.tensor(ids, dtype=torch.long).to(self.device)
+        return input_tensor, position_tensor.to(self.device), meta, sample_rows

@@ -1,0 +1,108 @@
+"""Scheduler: continuous batching under a per-step token budget.
+
+Each step serves running decodes first, then continues chunked prefills, then admits
+waiting requests in priority order. When KV blocks run out, the lowest-priority, newest
+running request is preempted: its blocks are freed and it is recomputed later (its full
+blocks usually come back from the prefix cache)."""
+
+import bisect
+from dataclasses import dataclass, field
+
+from tome.engine.block_manager import BlockManager
+from tome.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    """Sequences of one step, single-token ones (decodes) first, with their token counts."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def num_decodes(self) -> int:
+        return sum(1 for n in self.num_new_tokens if n == 1)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_batched_tokens: int, max_num_seqs: int):
+        self.block_manager = block_manager
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.waiting: list[Sequence] = []  # sorted by schedule_key
+        self.running: list[Sequence] = []  # sorted by schedule_key
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        bisect.insort(self.waiting, seq, key=lambda s: s.schedule_key)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, seq: Sequence) -> None:
+        """Drop a sequence wherever it is and release its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def schedule(self) -> ScheduledBatch:
+        budget = self.max_num_batched_tokens
+        decodes: dict[Sequence, int] = {}
+        prefills: dict[Sequence, int] = {}
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            if seq.num_uncomputed_tokens == 1:
+                if self._reserve_slot(seq, decodes, prefills):
+                    decodes[seq] = 1
+                    budget -= 1
+            else:
+                prefills[seq] = min(seq.num_uncomputed_tokens, budget)
+                budget -= prefills[seq]
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not self._admit(seq, decodes, prefills):
+                break
+            chunk = min(seq.num_uncomputed_tokens, budget)
+            (decodes if chunk == 1 else prefills)[seq] = chunk
+            budget -= chunk
+        scheduled = {**decodes, **prefills}
+        return ScheduledBatch(list(scheduled), list(scheduled.values()))
+
+    def _reserve_slot(self, seq: Sequence, *scheduled: dict[Sequence, int]) -> bool:
+        """Find a slot for seq's next token, preempting lower-ranked sequences if needed."""
+        while not self.block_manager.append_slot(seq):
+            victim = self.running[-1]
+            self._preempt(victim, *scheduled)
+            if victim is seq:
+                return False
+        return True
+
+    def _admit(self, seq: Sequence, *scheduled: dict[Sequence, int]) -> bool:
+        """Allocate a waiting sequence's blocks, preempting only strictly lower priorities."""
+        while not self.block_manager.allocate(seq):
+            victim = self.running[-1] if self.running else None
+            if victim is None or victim.priority <= seq.priority:
+                return False
+            self._preempt(victim, *scheduled)
+        self.waiting.remove(seq)
+        seq.status = SequenceStatus.RUNNING
+        bisect.insort(self.running, seq, key=lambda s: s.schedule_key)
+        return True
+
+    def _preempt(self, seq: Sequence, *scheduled: dict[Sequence, int]) -> None:
+        for batch in scheduled:
+            batch.pop(seq, None)
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        self.num_preemptions += 1
+        self.add(seq)

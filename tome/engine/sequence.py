@@ -1,0 +1,64 @@
+"""Sequence: one request's tokens, KV blocks and progress through the engine."""
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from tome.engine.detokenizer import IncrementalDetokenizer
+from tome.engine.outputs import FinishReason, TokenLogprob
+from tome.engine.sampling_params import SamplingParams
+
+_arrival_counter = itertools.count()
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer
+    priority: int = 0  # lower is served first, as in vLLM
+    arrival: int = field(default_factory=lambda: next(_arrival_counter))
+    output_token_ids: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # prompt + output
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # of the full blocks, a chain
+    num_computed_tokens: int = 0  # tokens whose KV is in the cache
+    num_named_blocks: int = 0  # leading blocks already offered to the prefix cache
+    num_cached_tokens: int | None = None  # prefix-cache hit at first admission
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.prompt_token_ids)
+        if self.params.logprobs is not None:
+            self.logprobs = []
+        if self.params.seed is not None:
+            self.generator = torch.Generator().manual_seed(self.params.seed)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def schedule_key(self) -> tuple[int, int]:
+        """Served in this order; preempted in the reverse."""
+        return (self.priority, self.arrival)
+
+    def append_token(self, token_id: int) -> None:
+        self.output_token_ids.append(token_id)
+        self.token_ids.append(token_id)

@@ -1,0 +1,24 @@
+"""AttentionMetadata: what every attention layer needs to know about one flattened batch.
+
+The batch holds the decode sequences first (one query token each), then the prefill
+chunks. Tensors live on the model's device; the `_cpu` lists repeat a few of them so the
+CPU backend can slice without device syncs."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [tokens] flat KV slot each new token is written to
+    block_tables: torch.Tensor  # [seqs, max_blocks] KV block ids, padded with 0
+    context_lens: torch.Tensor  # [seqs] KV length of each sequence after this step
+    query_start_loc: torch.Tensor  # [seqs + 1] cumulative query lengths
+    num_decodes: int  # the first num_decodes sequences have exactly one query token
+    query_start_loc_cpu: list[int]
+    context_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.context_lens_cpu)

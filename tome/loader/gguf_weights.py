@@ -1,0 +1,137 @@
+"""Weights from a GGUF file (llama.cpp's format), dequantized to float32 under HF names."""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGUFReader, ReaderTensor
+from gguf.quants import dequantize
+
+from tome.errors import ModelLoadError, UnsupportedArchitectureError
+from tome.loader.error_text import one_line
+from tome.models.config import ModelConfig
+
+TOP_LEVEL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+# llama3-style rope scaling factors; our rotary layer derives them from the config.
+IGNORED_TENSORS = {"rope_freqs.weight"}
+SUPPORTED_ARCHITECTURES = {"llama", "qwen2", "qwen3"}
+# llama.cpp's converter reorders q/k rows only for these (see _undo_rotary_permute).
+PERMUTED_ARCHITECTURES = {"llama"}
+
+
+def iter_gguf_weights(path: Path, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the file as (HF name, float32 tensor in HF layout).
+
+    The header is parsed before returning, so a corrupt file fails at once."""
+    reader = _open(path)
+    architecture = _architecture(reader, path)
+    permuted = architecture in PERMUTED_ARCHITECTURES
+    return _read_tensors(reader, path, config, permuted)
+
+
+class _FastGGUFReader(GGUFReader):
+    """GGUFReader that parses through a plain ndarray view of the file, not the np.memmap.
+
+    Parsing metadata takes ~1M tiny slices (every vocabulary token and merge is its own
+    field part) and np.memmap's per-slice bookkeeping makes opening the 135M default
+    model take ~3 s instead of ~1 s. GGUFReader.__init__ assigns `self.data` and slices
+    it from then on; the view shares the mapping's buffer and keeps it alive."""
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._plain_view
+
+    @data.setter
+    def data(self, mapped: np.memmap) -> None:
+        self._plain_view = mapped.view(np.ndarray)
+
+
+def _open(path: Path) -> GGUFReader:
+    try:
+        return _FastGGUFReader(path)
+    # A truncated or foreign file surfaces as whatever numpy hits first (ValueError,
+    # IndexError, KeyError, ...), so any failure here means "not a usable GGUF".
+    except Exception as exc:
+        raise ModelLoadError(f"{path.name} is not a readable GGUF file: {one_line(exc)}") from exc
+
+
+def _architecture(reader: GGUFReader, path: Path) -> str:
+    field = reader.get_field("general.architecture")
+    if field is None:
+        raise ModelLoadError(f"{path.name} has no general.architecture metadata")
+    architecture = field.contents()
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"{path.name}: GGUF architecture {architecture!r} is not supported; "
+            f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+        )
+    return architecture
+
+
+def _read_tensors(
+    reader: GGUFReader, path: Path, config: ModelConfig, permuted: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
+    for tensor in reader.tensors:
+        if tensor.name in IGNORED_TENSORS:
+            continue
+        name = _hf_name(tensor.name, path)
+        weight = _dequantize(tensor, path)
+        if permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
+            weight = _undo_rotary_permute(weight, config.num_attention_heads)
+        elif permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
+            weight = _undo_rotary_permute(weight, config.num_key_value_heads)
+        yield name, torch.from_numpy(weight)
+
+
+def _hf_name(gguf_name: str, path: Path) -> str:
+    if gguf_name in TOP_LEVEL_NAMES:
+        return TOP_LEVEL_NAMES[gguf_name]
+    match = BLOCK_TENSOR.fullmatch(gguf_name)
+    if match is None or match[2] not in BLOCK_NAMES:
+        raise ModelLoadError(f"{path.name}: unexpected tensor {gguf_name!r} for this architecture")
+    layer, part, kind = match.groups()
+    return f"model.layers.{layer}.{BLOCK_NAMES[part]}.{kind}"
+
+
+def _dequantize(tensor: ReaderTensor, path: Path) -> np.ndarray:
+    try:
+        weight = dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError as exc:
+        raise ModelLoadError(
+            f"{path.name}: tensor {tensor.name} is {tensor.tensor_type.name}, "
+            "which the installed gguf package cannot dequantize"
+        ) from exc
+    # F32 tensors come back as read-only views of the mapped file; torch wants its own copy.
+    return np.require(weight, dtype=np.float32, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+
+
+def _undo_rotary_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Put q/k rows back in HF order.
+
+    HF's rotary embedding rotates dimension i of a head with i + head_dim/2 (two halves);
+    llama.cpp's llama rope rotates adjacent pairs (2i, 2i+1), so its converter interleaves
+    each head's two halves. Here, per head, rows (pair, 2) are transposed back to
+    (2, pair). Qwen2/3 GGUFs use llama.cpp's half-split ("neox") rope and are not permuted."""
+    rows = weight.shape[0]
+    per_head = weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:])
+    return np.ascontiguousarray(per_head.swapaxes(1, 2)).reshape(weight.shape)

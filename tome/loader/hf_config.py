@@ -1,0 +1,41 @@
+"""Read a model's transformers config from config.json or from a GGUF file's metadata."""
+
+import json
+from pathlib import Path
+
+import transformers
+from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
+
+from tome.errors import ModelLoadError, UnsupportedArchitectureError
+from tome.loader.error_text import one_line
+from tome.loader.model_source import ModelSource
+
+
+def load_hf_config(source: ModelSource) -> PretrainedConfig:
+    """The transformers config for `source`; ModelConfig.from_hf picks our numbers from it."""
+    if source.kind == "hf_dir":
+        # Checked first so an unknown model_type reads as "unsupported", not as a
+        # transformers stack trace about Auto classes.
+        _check_model_type(source.path / "config.json")
+    try:
+        if source.kind == "gguf":
+            return AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name)
+        return AutoConfig.from_pretrained(source.path)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not read the config of {source.path}: {one_line(exc)}"
+        ) from exc
+
+
+def _check_model_type(config_file: Path) -> None:
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"{config_file} is not a readable JSON object: {one_line(exc)}"
+        ) from exc
+    if model_type not in CONFIG_MAPPING:
+        raise UnsupportedArchitectureError(
+            f"{config_file}: model_type {model_type!r} is unknown to "
+            f"transformers {transformers.__version__}"
+        )

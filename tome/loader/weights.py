@@ -1,0 +1,30 @@
+"""One entry point for model weights, whatever file format they come in."""
+
+from collections.abc import Iterator
+
+import torch
+
+from tome.loader.gguf_weights import iter_gguf_weights
+from tome.loader.model_source import ModelSource
+from tome.loader.safetensors_weights import iter_safetensors_weights
+from tome.models.config import ModelConfig
+
+
+def iter_weights(source: ModelSource, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF parameter name, tensor) pairs, one tensor in memory at a time.
+
+    Safetensors keep their stored dtype; GGUF tensors are dequantized to float32. The
+    model casts and fuses as it copies them in. Files are checked before this returns."""
+    if source.kind == "gguf":
+        weights = iter_gguf_weights(source.path, config)
+    else:
+        weights = iter_safetensors_weights(source.path)
+    return ((name, tensor) for name, tensor in weights if _needed(name, config))
+
+
+def _needed(name: str, config: ModelConfig) -> bool:
+    # Old checkpoints store rotary inv_freq buffers; our rotary layer computes its own.
+    if name.endswith("rotary_emb.inv_freq"):
+        return False
+    # A tied head is the embedding; a stored copy would only be loaded twice.
+    return not (config.tie_word_embeddings and name == "lm_head.weight")
