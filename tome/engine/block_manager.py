@@ -56,7 +56,11 @@ class BlockManager:
             return False
         for block_id in hits:
             self._take(block_id)
-        seq.block_table = hits + [self._pop_free() for _ in range(new_needed)]
+        seq.block_table = list(hits)
+        for _ in range(new_needed):
+            seq.block_table.append(
+                self._pop_free(after=seq.block_table[-1] if seq.block_table else None)
+            )
         seq.num_computed_tokens = len(hits) * self.block_size
         seq.num_named_blocks = len(hits)
         if seq.num_cached_tokens is None:
@@ -71,7 +75,7 @@ class BlockManager:
             return True
         if not self.free_blocks:
             return False
-        seq.block_table.append(self._pop_free())
+        seq.block_table.append(self._pop_free(after=seq.block_table[-1]))
         return True
 
     def free(self, seq: Sequence) -> None:
@@ -126,8 +130,14 @@ class BlockManager:
             del self.free_blocks[block_id]
         block.ref_count += 1
 
-    def _pop_free(self) -> int:
-        block_id, _ = self.free_blocks.popitem(last=False)
+    def _pop_free(self, after: int | None) -> int:
+        """A free block: the one right after `after` when free, so a sequence's blocks stay
+        consecutive and attention can read them without a gather; else the LRU one."""
+        if after is not None and after + 1 in self.free_blocks:
+            block_id = after + 1
+            del self.free_blocks[block_id]
+        else:
+            block_id, _ = self.free_blocks.popitem(last=False)
         block = self.blocks[block_id]
         if block.block_hash is not None:
             del self.cached_blocks[block.block_hash]

@@ -7,7 +7,7 @@ from collections.abc import Sequence as Seq
 from tome.engine.block_manager import BlockManager
 from tome.engine.config import EngineConfig
 from tome.engine.detokenizer import IncrementalDetokenizer
-from tome.engine.kv_cache import default_kv_budget, kv_bytes_per_token
+from tome.engine.kv_cache import default_kv_budget, kv_bytes_per_token, kv_cache_dtype
 from tome.engine.model_loading import load_model
 from tome.engine.model_runner import ModelRunner
 from tome.engine.outputs import RequestOutput
@@ -27,10 +27,11 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.model_config = loaded.config
         self.dtype = loaded.dtype
-        self.max_model_len = self._max_model_len()
         device = config.resolved_device()
+        self.kv_dtype = kv_cache_dtype(self.dtype, device)
+        self.max_model_len = self._max_model_len()
         budget = config.kv_cache_memory or default_kv_budget(device)
-        block_bytes = kv_bytes_per_token(self.model_config, self.dtype) * config.block_size
+        block_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype) * config.block_size
         num_blocks = budget // block_bytes
         if num_blocks < 1:
             raise InvalidRequestError(
@@ -42,7 +43,9 @@ class Engine:
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_batched_tokens, config.max_num_seqs
         )
-        self.runner = ModelRunner(loaded.model, config.block_size, num_blocks, self.dtype, device)
+        self.runner = ModelRunner(
+            loaded.model, config.block_size, num_blocks, self.kv_dtype, device
+        )
         self.requests: dict[str, Sequence] = {}
         logger.info(
             "KV pool: %d blocks of %d tokens (%d tokens, %.1f MiB); max_model_len %d",

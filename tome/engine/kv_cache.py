@@ -14,6 +14,12 @@ def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
 
 
+def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """On CPU the KV cache and attention stay in float32: without native bfloat16 units,
+    bfloat16 attention runs several times slower there than float32."""
+    return torch.float32 if device.type == "cpu" else model_dtype
+
+
 def default_kv_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

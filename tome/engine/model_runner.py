@@ -78,6 +78,20 @@ class ModelRunner:
             num_decodes=batch.num_decodes,
             query_start_loc_cpu=query_start_loc,
             context_lens_cpu=context_lens,
+            contiguous_start_cpu=[
+                _contiguous_start(seq.block_table, -(-length // self.block_size))
+                for seq, length in zip(batch.seqs, context_lens, strict=True)
+            ],
         )
         input_tensor = torch.tensor(ids, dtype=torch.long).to(self.device)
         return input_tensor, position_tensor.to(self.device), meta, sample_rows
+
+
+def _contiguous_start(block_table: list[int], num_blocks: int) -> int | None:
+    """The first block id if the first num_blocks blocks are consecutive ids, else None."""
+    first = block_table[0]
+    if block_table[num_blocks - 1] - first != num_blocks - 1:
+        return None
+    if all(b == first + i for i, b in enumerate(block_table[:num_blocks])):
+        return first
+    return None

@@ -18,6 +18,9 @@ class AttentionMetadata:
     num_decodes: int  # the first num_decodes sequences have exactly one query token
     query_start_loc_cpu: list[int]
     context_lens_cpu: list[int]
+    # Per sequence: the first block id when its context blocks are consecutive ids, so the
+    # CPU backend can read them as a view instead of gathering a copy; else None.
+    contiguous_start_cpu: list[int | None]
 
     @property
     def num_seqs(self) -> int:

@@ -33,6 +33,16 @@ def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, length: int) -> t
     )
 
 
+def context_kv(cache: torch.Tensor, meta: AttentionMetadata, seq: int, length: int) -> torch.Tensor:
+    """One sequence's first `length` cached K or V as [1, kv_heads, length, head_dim]: a
+    view when its blocks are consecutive (the usual case), else a gathered copy."""
+    first_block = meta.contiguous_start_cpu[seq]
+    if first_block is None:
+        return gather_kv(cache, meta.block_tables[seq : seq + 1], length)
+    start = first_block * cache.shape[1]
+    return cache.view(-1, *cache.shape[2:])[start : start + length].transpose(0, 1)[None]
+
+
 class TorchAttentionBackend:
     """Reads and writes the paged KV cache with torch ops only."""
 
@@ -62,9 +72,14 @@ class TorchAttentionBackend:
         """All single-token queries at once, their contexts padded to the longest."""
         n = meta.num_decodes
         longest = max(meta.context_lens_cpu[:n])
-        tables = meta.block_tables[:n]
-        keys = gather_kv(k_cache, tables, longest)
-        values = gather_kv(v_cache, tables, longest)
+        if n == 1:
+            keys, values = (
+                context_kv(k_cache, meta, 0, longest),
+                context_kv(v_cache, meta, 0, longest),
+            )
+        else:
+            tables = meta.block_tables[:n]
+            keys, values = gather_kv(k_cache, tables, longest), gather_kv(v_cache, tables, longest)
         mask = None
         if min(meta.context_lens_cpu[:n]) != longest:
             positions = torch.arange(longest, device=q.device)
@@ -85,13 +100,14 @@ class TorchAttentionBackend:
         query = q[start:end].transpose(0, 1)[None]
         length = meta.context_lens_cpu[i]
         if length == end - start:  # nothing cached before this chunk: attend to itself
-            keys, values = k[start:end].transpose(0, 1)[None], v[start:end].transpose(0, 1)[None]
+            dtype = k_cache.dtype
+            keys = k[start:end].transpose(0, 1)[None].to(dtype)
+            values = v[start:end].transpose(0, 1)[None].to(dtype)
             out = F.scaled_dot_product_attention(
-                query, keys, values, is_causal=True, scale=scale, enable_gqa=True
+                query.to(dtype), keys, values, is_causal=True, scale=scale, enable_gqa=True
             )
-            return out[0].transpose(0, 1)
-        table = meta.block_tables[i : i + 1]
-        keys, values = gather_kv(k_cache, table, length), gather_kv(v_cache, table, length)
+            return out[0].transpose(0, 1).to(q.dtype)
+        keys, values = context_kv(k_cache, meta, i, length), context_kv(v_cache, meta, i, length)
         num_queries = end - start
         mask = torch.ones(num_queries, length, dtype=torch.bool, device=q.device).tril(
             length - num_queries

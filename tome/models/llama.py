@@ -39,13 +39,18 @@ class LlamaAttention(nn.Module):
         self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata
     ) -> torch.Tensor:
         tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
+        qkv = self.qkv_proj(x)
+        if self.q_norm is None:
+            # q and k sit side by side in the fused output: rotate both in one call.
+            qk = qkv[:, : self.q_size + self.kv_size].view(tokens, -1, self.head_dim)
+            q, k = apply_rotary(qk, *cos_sin).split([self.num_heads, self.num_kv_heads], dim=1)
+        else:
+            q = self.q_norm(qkv[:, : self.q_size].view(tokens, self.num_heads, self.head_dim))
+            k = self.k_norm(
+                qkv[:, self.q_size : self.q_size + self.kv_size].view(tokens, -1, self.head_dim)
+            )
+            q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
+        v = qkv[:, self.q_size + self.kv_size :].view(tokens, self.num_kv_heads, self.head_dim)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.reshape(tokens, self.q_size))
 
@@ -87,7 +92,8 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        cos_sin = self.rotary.cos_sin(positions)
+        cos, sin = self.rotary.cos_sin(positions)
+        cos_sin = (cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype))
         for layer in self.layers:
             x = layer(x, cos_sin, meta)
         return self.norm(x)
