@@ -59,3 +59,9 @@ def make_tiny_model(kind: str, path: Path, tokenizer_dir: Path, **overrides) -> 
 @pytest.fixture(scope="session", params=list(TINY_CONFIGS))
 def tiny_model(request, tmp_path_factory, hf_tokenizer_dir) -> Path:
     return make_tiny_model(request.param, tmp_path_factory.mktemp(request.param), hf_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, hf_tokenizer_dir) -> Path:
+    """One small Llama for tests that need a model but not every architecture."""
+    return make_tiny_model("llama", tmp_path_factory.mktemp("tiny_llama"), hf_tokenizer_dir)
