@@ -1,5 +1,6 @@
 """The paged KV pool: one K and one V tensor per layer, sized from a memory budget."""
 
+import numpy as np
 import psutil
 import torch
 
@@ -32,9 +33,17 @@ def allocate_kv_cache(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
     return [
-        (
-            torch.zeros(shape, dtype=dtype, device=device),
-            torch.zeros(shape, dtype=dtype, device=device),
-        )
+        (_zeros(shape, dtype, device), _zeros(shape, dtype, device))
         for _ in range(config.num_hidden_layers)
     ]
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    # numpy's zeros is calloc: large pools come as untouched zero pages from the OS, so a
+    # multi-GiB pool costs nothing until used (torch.zeros would write every byte first).
+    # Zeros, not garbage, because padded decode reads unwritten slots under a mask, and
+    # a NaN there would survive the mask (0 * NaN).
+    nbytes = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)

@@ -8,6 +8,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
 from tome.errors import ModelLoadError, UnsupportedArchitectureError
 from tome.loader.error_text import one_line
+from tome.loader.gguf_metadata_cache import converted_metadata_dir
 from tome.loader.model_source import ModelSource
 
 
@@ -19,7 +20,7 @@ def load_hf_config(source: ModelSource) -> PretrainedConfig:
         _check_model_type(source.path / "config.json")
     try:
         if source.kind == "gguf":
-            return AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name)
+            return AutoConfig.from_pretrained(converted_metadata_dir(source.path))
         return AutoConfig.from_pretrained(source.path)
     except Exception as exc:
         raise ModelLoadError(

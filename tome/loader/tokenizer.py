@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tome.errors import InvalidRequestError, ModelLoadError
 from tome.loader.error_text import one_line
+from tome.loader.gguf_metadata_cache import converted_metadata_dir
 from tome.loader.model_source import ModelSource
 
 
@@ -67,7 +68,7 @@ class Tokenizer:
 def _load_hf_tokenizer(source: ModelSource) -> PreTrainedTokenizerFast:
     try:
         if source.kind == "gguf":
-            hf = AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name)
+            hf = AutoTokenizer.from_pretrained(converted_metadata_dir(source.path))
         else:
             hf = AutoTokenizer.from_pretrained(source.path)
     except Exception as exc:

@@ -1,0 +1,53 @@
+"""BenchConfig: what `tome bench` was asked to run, validated where it is built."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tome.engine.config import EngineConfig
+from tome.errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str | None = None  # None: the embedded SmolLM2
+    dummy: str | None = None  # a config.json (or its folder): random weights on both sides
+    dtype: str = "auto"
+    device: str = "auto"
+    prefill_lengths: tuple[int, ...] = (512, 2048, 8192)
+    decode_batches: tuple[int, ...] = (1, 16)
+    decode_prompt_len: int = 2048
+    decode_tokens: int = 64
+    skip_hf: bool = False
+    markdown: Path | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.model is None or self.dummy is None, "give --model or --dummy, not both"),
+            (bool(self.prefill_lengths), "--prefill-lengths needs at least one length"),
+            (bool(self.decode_batches), "--decode-batches needs at least one batch size"),
+            (all(n >= 1 for n in self.prefill_lengths), "prefill lengths must be >= 1"),
+            (all(b >= 1 for b in self.decode_batches), "decode batch sizes must be >= 1"),
+            (self.decode_prompt_len >= 1, "--decode-prompt-len must be >= 1"),
+            # The first token comes from the prefill; at least one more is needed to time.
+            (self.decode_tokens >= 2, "--decode-tokens must be >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidRequestError(message)
+        self.resolved_device()  # validates dtype and device with the engine's own messages
+
+    def resolved_device(self) -> torch.device:
+        return EngineConfig(dtype=self.dtype, device=self.device).resolved_device()
+
+
+def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
+    """'512,2048' -> (512, 2048); anything else is a one-line error naming the flag."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise InvalidRequestError(
+            f"{flag} must be a comma-separated list of positive integers, e.g. 1,16; got {text!r}"
+        )
+    return tuple(dict.fromkeys(int(part) for part in parts))

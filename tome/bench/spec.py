@@ -1,0 +1,26 @@
+"""ModelSpec: the one model both sides load, settled in the parent process (path, dtype,
+device) so the two worker processes cannot disagree about it."""
+
+from dataclasses import dataclass
+
+import torch
+
+from tome.engine.config import DTYPES
+from tome.loader import ModelSource
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: ModelSource
+    dummy: bool  # random weights from the config alone
+    dtype: str  # a key of DTYPES, never "auto"
+    device: str  # "cpu" or "cuda"
+    max_model_len: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
