@@ -5,9 +5,12 @@ import random
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from tests.reference import load_reference, reference_greedy
 from tome import LLM, SamplingParams
+from tome.engine.kv_cache import kv_bytes_per_token
+from tome.models.config import ModelConfig
 
 MAX_NEW = 12
 TOP = 20
@@ -63,23 +66,24 @@ def test_chunked_prefill_equals_transformers(tiny_model, reference):
 
 def test_preemption_keeps_outputs(tiny_model, reference):
     # 12 blocks of 8 tokens: the three sequences cannot all grow to ~50 tokens at once.
-    llm = LLM(
-        str(tiny_model),
-        block_size=8,
-        kv_cache_memory=12 * kv_block_bytes(llm_config(tiny_model), 8),
-    )
+    config = ModelConfig.from_hf(AutoConfig.from_pretrained(tiny_model))
+    block_bytes = kv_bytes_per_token(config, torch.float32) * 8
+    llm = LLM(str(tiny_model), block_size=8, kv_cache_memory=12 * block_bytes)
     prompts = random_prompts([30, 28, 26], seed=5)
     outputs = llm.generate(prompts, greedy_params())
     assert llm.engine.scheduler.num_preemptions > 0
     assert_matches_reference(reference, prompts, outputs)
 
 
-def llm_config(path):
-    import transformers
-
-    return transformers.AutoConfig.from_pretrained(path)
-
-
-def kv_block_bytes(config, block_size: int) -> int:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4 * block_size
+def test_last_position_logits_within_float_tolerance(tiny_model, reference):
+    llm = LLM(str(tiny_model))
+    engine = llm.engine
+    prompt = random_prompts([40], seed=6)[0]
+    engine.add_request("logits", prompt, SamplingParams(max_tokens=1))
+    input_ids, positions, meta, _ = engine.runner._prepare(engine.scheduler.schedule())
+    with torch.inference_mode():
+        hidden = engine.runner.model(input_ids, positions, meta)
+        ours = engine.runner.model.compute_logits(hidden[-1:])[0]
+        theirs = reference(torch.tensor([prompt])).logits[0, -1].float()
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    engine.abort("logits")
