@@ -16,7 +16,9 @@ MESSAGES = [{"role": "user", "content": "Write two sentences about the sea and t
 
 def test_greedy_chat_equals_transformers_gguf():
     llm = LLM()
-    [ours] = llm.chat(MESSAGES, SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True))
+    [ours] = llm.chat(
+        MESSAGES, SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    )
     path = embedded_model_path()
     reference = load_reference(path.parent, gguf_file=path.name, dtype=torch.float32)
     prompt = llm.tokenizer.apply_chat_template(MESSAGES)

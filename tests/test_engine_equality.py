@@ -30,10 +30,12 @@ def assert_matches_reference(reference, prompts, outputs) -> None:
         tokens, logprobs = reference_greedy(reference, prompt, MAX_NEW)
         assert out.token_ids == tokens
         for ours, theirs in zip(out.logprobs, logprobs, strict=True):
+            # Our top alternatives carry the reference's values, and the reference's top
+            # values are ours: near-ties may swap places, nothing else may differ.
             ids = list(ours.top)
-            assert ids == theirs.topk(TOP).indices.tolist()
             ours_values = torch.tensor([ours.top[i] for i in ids])
             torch.testing.assert_close(ours_values, theirs[ids], atol=1e-4, rtol=0)
+            torch.testing.assert_close(ours_values, theirs.topk(TOP).values, atol=1e-4, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_prefix_cache_hits_keep_outputs(tiny_model, reference):
 
 
 def test_chunked_prefill_equals_transformers(tiny_model, reference):
-    llm = LLM(str(tiny_model), max_num_batched_tokens=16)
+    llm = LLM(str(tiny_model), max_num_batched_tokens=16, max_num_seqs=4)
     prompts = random_prompts([50, 7, 90], seed=4)
     assert_matches_reference(reference, prompts, llm.generate(prompts, greedy_params()))
 

@@ -16,7 +16,8 @@ from tome.engine.config import EngineConfig
 from tome.engine.engine import Engine
 from tome.engine.outputs import RequestOutput
 from tome.engine.sampling_params import SamplingParams
-from tome.errors import TomeError
+from tome.errors import InvalidRequestError, RequestAbortedError, TomeError
+from tome.loader.error_text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Yield a RequestOutput each time the request advances; the last one is finished.
         Leaving the loop early (or being cancelled) aborts the request."""
+        if self._stopped:
+            raise RequestAbortedError("the engine was shut down")
         loop = asyncio.get_running_loop()
         stream: asyncio.Queue = asyncio.Queue()
         added = loop.create_future()
@@ -74,13 +77,15 @@ class AsyncEngine:
                 continue
             for out in outputs:
                 self._publish(out)
+        # Shut down: whoever still waits on a stream would otherwise wait forever.
+        self._fail_all(RequestAbortedError("the engine was shut down"))
 
     def _fail_all(self, exc: Exception) -> None:
         error = exc if isinstance(exc, TomeError) else TomeError(f"engine step failed: {exc}")
         for request_id, (loop, stream) in list(self._streams.items()):
             self.engine.abort(request_id)
             del self._streams[request_id]
-            loop.call_soon_threadsafe(stream.put_nowait, error)
+            _deliver(loop, stream.put_nowait, error)
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -98,9 +103,12 @@ class AsyncEngine:
             try:
                 self.engine.add_request(*payload)
                 self._streams[request_id] = (loop, stream)
-                loop.call_soon_threadsafe(_resolve, added, None)
+                _deliver(loop, _resolve, added, None)
             except TomeError as exc:
-                loop.call_soon_threadsafe(_resolve, added, exc)
+                _deliver(loop, _resolve, added, exc)
+            except Exception as exc:  # a malformed request must not end the engine thread
+                error = InvalidRequestError(f"the request was rejected: {one_line(exc)}")
+                _deliver(loop, _resolve, added, error)
         elif kind == "abort":
             out = self.engine.abort(payload)
             if out is not None:
@@ -113,7 +121,22 @@ class AsyncEngine:
         loop, stream = target
         if out.finished:
             del self._streams[out.request_id]
-        loop.call_soon_threadsafe(stream.put_nowait, out)
+        if not _deliver(loop, stream.put_nowait, out) and not out.finished:
+            # Nobody is left to read it: stop computing for it.
+            del self._streams[out.request_id]
+            self.engine.abort(out.request_id)
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> bool:
+    """Run callback on a caller's event loop; False when that loop has closed (its caller
+    is gone, say after asyncio.run returned): the engine thread goes on regardless."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
+        return False
+    return True
 
 
 def _resolve(future: asyncio.Future, error: Exception | None) -> None:

@@ -131,10 +131,12 @@ class BlockManager:
         block.ref_count += 1
 
     def _pop_free(self, after: int | None) -> int:
-        """A free block: the one right after `after` when free, so a sequence's blocks stay
-        consecutive and attention can read them without a gather; else the LRU one."""
-        if after is not None and after + 1 in self.free_blocks:
-            block_id = after + 1
+        """A free block: the one right after `after` when free and holding no cached prefix,
+        so a sequence's blocks stay consecutive and attention can read them without a
+        gather; else the LRU one (cached blocks are evicted in LRU order only)."""
+        nxt = None if after is None else after + 1
+        if nxt in self.free_blocks and self.blocks[nxt].block_hash is None:
+            block_id = nxt
             del self.free_blocks[block_id]
         else:
             block_id, _ = self.free_blocks.popitem(last=False)

@@ -38,6 +38,10 @@ class EngineConfig:
             ),
             (self.max_num_batched_tokens >= 16, "max_num_batched_tokens must be >= 16"),
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
+            (
+                self.max_num_batched_tokens >= self.max_num_seqs,
+                "max_num_batched_tokens must be >= max_num_seqs, or some decodes would wait",
+            ),
             (self.load_format in ("auto", "dummy"), "load_format must be auto or dummy"),
         ]
         for ok, message in checks:

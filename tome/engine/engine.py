@@ -30,8 +30,11 @@ class Engine:
         device = config.resolved_device()
         self.kv_dtype = kv_cache_dtype(self.dtype, device)
         self.max_model_len = self._max_model_len()
-        budget = config.kv_cache_memory or default_kv_budget(device)
-        block_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype) * config.block_size
+        token_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype)
+        block_bytes = token_bytes * config.block_size
+        budget = config.kv_cache_memory or default_kv_budget(
+            device, config.max_num_seqs * self.max_model_len * token_bytes
+        )
         num_blocks = budget // block_bytes
         if num_blocks < 1:
             raise InvalidRequestError(
@@ -74,6 +77,8 @@ class Engine:
     def tokenize_prompt(self, prompt: str | Seq[int]) -> list[int]:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
+        elif not isinstance(prompt, Seq):
+            raise InvalidRequestError("a prompt is a string or a list of token ids")
         else:
             ids = list(prompt)
             vocab = self.model_config.vocab_size
@@ -156,7 +161,11 @@ class Engine:
         delta = seq.detokenizer.push(token.token_id)
         if seq.detokenizer.stopped_by_string:
             seq.finish_reason = "stop"
-        elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+        elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= min(
+            self.max_model_len, self.kv_capacity_tokens
+        ):
+            # The pool bounds a sequence too: one that filled it alone could never be
+            # given another block and would wait forever.
             seq.finish_reason = "length"
         return delta
 

@@ -21,11 +21,13 @@ def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtyp
     return torch.float32 if device.type == "cpu" else model_dtype
 
 
-def default_kv_budget(device: torch.device) -> int:
+def default_kv_budget(device: torch.device, most_useful: int) -> int:
+    """A share of free memory, but never more than `most_useful` bytes (every sequence
+    at the full window): more could never be used."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * DEFAULT_GPU_SHARE)
-    return int(psutil.virtual_memory().available * DEFAULT_CPU_SHARE)
+        return min(int(free * DEFAULT_GPU_SHARE), most_useful)
+    return min(int(psutil.virtual_memory().available * DEFAULT_CPU_SHARE), most_useful)
 
 
 def allocate_kv_cache(

@@ -14,7 +14,9 @@ from tome.engine.sequence import Sequence, SequenceStatus
 
 @dataclass
 class ScheduledBatch:
-    """Sequences of one step, single-token ones (decodes) first, with their token counts."""
+    """Sequences of one step with their token counts. Single-token entries (decodes, and
+    prefill chunks of one token, which attend the same way) come first: the attention
+    backends batch them together."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
@@ -56,18 +58,23 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         decodes: dict[Sequence, int] = {}
         prefills: dict[Sequence, int] = {}
-        for seq in list(self.running):
-            if budget == 0:
-                break
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted earlier in this loop
-            if seq.num_uncomputed_tokens == 1:
-                if self._reserve_slot(seq, decodes, prefills):
-                    decodes[seq] = 1
-                    budget -= 1
-            else:
-                prefills[seq] = min(seq.num_uncomputed_tokens, budget)
-                budget -= prefills[seq]
+        # Two passes: every running decode gets its token before any chunked prefill, even
+        # one of a higher priority, which would otherwise take the budget and stall them.
+        for decode_pass in (True, False):
+            for seq in list(self.running):
+                if budget == 0:
+                    break
+                if seq.status is not SequenceStatus.RUNNING:
+                    continue  # preempted earlier in this loop
+                if (seq.num_uncomputed_tokens == 1) != decode_pass:
+                    continue
+                if decode_pass:
+                    if self._reserve_slot(seq, decodes, prefills):
+                        decodes[seq] = 1
+                        budget -= 1
+                else:
+                    prefills[seq] = min(seq.num_uncomputed_tokens, budget)
+                    budget -= prefills[seq]
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self._admit(seq, decodes, prefills):
@@ -75,8 +82,8 @@ class Scheduler:
             chunk = min(seq.num_uncomputed_tokens, budget)
             (decodes if chunk == 1 else prefills)[seq] = chunk
             budget -= chunk
-        scheduled = {**decodes, **prefills}
-        return ScheduledBatch(list(scheduled), list(scheduled.values()))
+        entries = sorted({**decodes, **prefills}.items(), key=lambda entry: entry[1] != 1)
+        return ScheduledBatch([seq for seq, _ in entries], [n for _, n in entries])
 
     def _reserve_slot(self, seq: Sequence, *scheduled: dict[Sequence, int]) -> bool:
         """Find a slot for seq's next token, preempting lower-ranked sequences if needed."""

@@ -31,11 +31,7 @@ class ModelConfig:
     hf_config: Any = field(repr=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise UnsupportedArchitectureError(
-                f"architecture {self.architecture!r} is not supported; "
-                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-            )
+        _check_supported(self.architecture)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ModelLoadError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -49,6 +45,9 @@ class ModelConfig:
             _architecture_from_model_type(getattr(hf_config, "model_type", ""))
         ]
         architecture = architectures[0]
+        # Before reading fields: other families name them differently (GPT-2 has no
+        # intermediate_size), which would surface as an AttributeError.
+        _check_supported(architecture)
         heads = hf_config.num_attention_heads
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
         return cls(
@@ -67,6 +66,14 @@ class ModelConfig:
             or bool(getattr(hf_config, "attention_bias", False)),
             qk_norm=architecture == "Qwen3ForCausalLM",
             hf_config=hf_config,
+        )
+
+
+def _check_supported(architecture: str) -> None:
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"architecture {architecture!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
 
 
