@@ -55,60 +55,67 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
 
     def schedule(self) -> ScheduledBatch:
-        budget = self.max_num_batched_tokens
-        decodes: dict[Sequence, int] = {}
-        prefills: dict[Sequence, int] = {}
-        # Two passes: every running decode gets its token before any chunked prefill, even
-        # one of a higher priority, which would otherwise take the budget and stall them.
-        for decode_pass in (True, False):
-            for seq in list(self.running):
-                if budget == 0:
-                    break
-                if seq.status is not SequenceStatus.RUNNING:
-                    continue  # preempted earlier in this loop
-                if (seq.num_uncomputed_tokens == 1) != decode_pass:
-                    continue
-                if decode_pass:
-                    if self._reserve_slot(seq, decodes, prefills):
-                        decodes[seq] = 1
-                        budget -= 1
-                else:
-                    prefills[seq] = min(seq.num_uncomputed_tokens, budget)
-                    budget -= prefills[seq]
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
-            if not self._admit(seq, decodes, prefills):
-                break
-            chunk = min(seq.num_uncomputed_tokens, budget)
-            (decodes if chunk == 1 else prefills)[seq] = chunk
-            budget -= chunk
-        entries = sorted({**decodes, **prefills}.items(), key=lambda entry: entry[1] != 1)
+        # One dict of sequence -> tokens this step; preemption removes its victims from it.
+        scheduled: dict[Sequence, int] = {}
+        budget = self._schedule_decodes(scheduled, self.max_num_batched_tokens)
+        budget = self._schedule_running_prefills(scheduled, budget)
+        self._schedule_waiting(scheduled, budget)
+        entries = sorted(scheduled.items(), key=lambda entry: entry[1] != 1)
         return ScheduledBatch([seq for seq, _ in entries], [n for _, n in entries])
 
-    def _reserve_slot(self, seq: Sequence, *scheduled: dict[Sequence, int]) -> bool:
+    def _schedule_decodes(self, scheduled: dict[Sequence, int], budget: int) -> int:
+        """Every running decode first, even below a higher-priority chunked prefill, which
+        would otherwise take the budget and stall them."""
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            # Skips prefills, and sequences preempted earlier in this loop.
+            is_decode = seq.status is SequenceStatus.RUNNING and seq.num_uncomputed_tokens == 1
+            if is_decode and self._reserve_slot(seq, scheduled):
+                scheduled[seq] = 1
+                budget -= 1
+        return budget
+
+    def _schedule_running_prefills(self, scheduled: dict[Sequence, int], budget: int) -> int:
+        for seq in self.running:
+            if budget == 0:
+                break
+            if seq.num_uncomputed_tokens > 1:
+                scheduled[seq] = min(seq.num_uncomputed_tokens, budget)
+                budget -= scheduled[seq]
+        return budget
+
+    def _schedule_waiting(self, scheduled: dict[Sequence, int], budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not self._admit(seq, scheduled):
+                break
+            scheduled[seq] = min(seq.num_uncomputed_tokens, budget)
+            budget -= scheduled[seq]
+
+    def _reserve_slot(self, seq: Sequence, scheduled: dict[Sequence, int]) -> bool:
         """Find a slot for seq's next token, preempting lower-ranked sequences if needed."""
         while not self.block_manager.append_slot(seq):
             victim = self.running[-1]
-            self._preempt(victim, *scheduled)
+            self._preempt(victim, scheduled)
             if victim is seq:
                 return False
         return True
 
-    def _admit(self, seq: Sequence, *scheduled: dict[Sequence, int]) -> bool:
+    def _admit(self, seq: Sequence, scheduled: dict[Sequence, int]) -> bool:
         """Allocate a waiting sequence's blocks, preempting only strictly lower priorities."""
         while not self.block_manager.allocate(seq):
             victim = self.running[-1] if self.running else None
             if victim is None or victim.priority <= seq.priority:
                 return False
-            self._preempt(victim, *scheduled)
+            self._preempt(victim, scheduled)
         self.waiting.remove(seq)
         seq.status = SequenceStatus.RUNNING
         bisect.insort(self.running, seq, key=lambda s: s.schedule_key)
         return True
 
-    def _preempt(self, seq: Sequence, *scheduled: dict[Sequence, int]) -> None:
-        for batch in scheduled:
-            batch.pop(seq, None)
+    def _preempt(self, seq: Sequence, scheduled: dict[Sequence, int]) -> None:
+        scheduled.pop(seq, None)
         self.running.remove(seq)
         self.block_manager.free(seq)
         self.num_preemptions += 1
