@@ -1,6 +1,7 @@
 """The `tome` command: run, chat, bench."""
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,7 +28,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(exc: TomeError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.message}")
+    err_console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)  # one line
     raise typer.Exit(code=1)
 
 
@@ -90,5 +91,42 @@ def chat(
         params = sampling_params(max_tokens, temperature, top_p, top_k, seed)
         engine = Engine(engine_config(model, dtype, max_model_len, kv_cache_memory))
         chat_loop(engine, params, system, console)
+    except TomeError as exc:
+        _fail(exc)
+
+
+@app.command()
+def bench(
+    model: ModelOption = None,
+    dummy: Annotated[
+        str | None, typer.Option(help="A config.json (or its folder): random weights, any shape.")
+    ] = None,
+    dtype: DtypeOption = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    prefill_lengths: Annotated[str, typer.Option(help="Prompt lengths.")] = "512,2048,8192",
+    decode_batches: Annotated[str, typer.Option(help="Batch sizes to decode.")] = "1,16",
+    decode_prompt_len: Annotated[int, typer.Option(help="Prompt tokens before decoding.")] = 2048,
+    decode_tokens: Annotated[int, typer.Option(help="Tokens generated per sequence.")] = 64,
+    skip_hf: Annotated[bool, typer.Option(help="Run only our engine.")] = False,
+    markdown: Annotated[Path | None, typer.Option(help="Append the table as Markdown.")] = None,
+) -> None:
+    """Our engine and transformers side by side: prefill and decode tokens/s, peak memory."""
+    from tome.bench import BenchConfig, run_bench
+    from tome.bench.config import parse_int_list
+
+    try:
+        config = BenchConfig(
+            model=model,
+            dummy=dummy,
+            dtype=dtype,
+            device=device,
+            prefill_lengths=parse_int_list(prefill_lengths, "--prefill-lengths"),
+            decode_batches=parse_int_list(decode_batches, "--decode-batches"),
+            decode_prompt_len=decode_prompt_len,
+            decode_tokens=decode_tokens,
+            skip_hf=skip_hf,
+            markdown=markdown,
+        )
+        run_bench(config, console)
     except TomeError as exc:
         _fail(exc)

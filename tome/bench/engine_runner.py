@@ -8,9 +8,10 @@ import itertools
 import time
 
 from tome import LLM, SamplingParams
+from tome.bench.measure import measure
 from tome.bench.results import SideResult
 from tome.bench.spec import ModelSpec
-from tome.bench.workloads import WARMUP_TOKENS, Workload
+from tome.bench.workloads import Workload
 from tome.engine.engine import Engine
 from tome.engine.kv_cache import kv_bytes_per_token, kv_cache_dtype
 from tome.loader import load_hf_config
@@ -34,16 +35,7 @@ def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
         enable_prefix_caching=False,
         seed=workload.seed,
     )
-    bench = _EngineBench(llm.engine)
-    bench.decode_tps([workload.warmup_prompt()], WARMUP_TOKENS)
-    return SideResult(
-        name="tome",
-        prefill_tps={n: bench.prefill_tps(workload.prefill_prompt(n)) for n in workload.prefill_lengths},
-        decode_tps={
-            b: bench.decode_tps(workload.decode_prompts(b), workload.decode_tokens)
-            for b in workload.decode_batches
-        },
-    )
+    return measure("tome", _EngineBench(llm.engine), workload)
 
 
 def _kv_budget(model: ModelSpec, workload: Workload) -> int:

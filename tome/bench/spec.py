@@ -11,11 +11,11 @@ from tome.loader import ModelSource
 
 @dataclass(frozen=True)
 class ModelSpec:
+    name: str  # for the table: the model's name, or the config given to --dummy
     source: ModelSource
     dummy: bool  # random weights from the config alone
     dtype: str  # a key of DTYPES, never "auto"
     device: str  # "cpu" or "cuda"
-    max_model_len: int
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -17,7 +17,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's own window
     kv_cache_memory: int | None = None  # bytes for the KV pool; None: a share of free memory
     block_size: int = 16
-    max_num_batched_tokens: int = 2048  # token budget of one step; longer prompts are chunked
+    max_num_batched_tokens: int = 8192  # token budget of one step; longer prompts are chunked
     max_num_seqs: int = 64
     enable_prefix_caching: bool = True
     load_format: str = "auto"  # "dummy": random weights from the config alone
