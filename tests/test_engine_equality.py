@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from tests.conftest import make_tiny_model
 from tests.reference import load_reference, reference_greedy
 from tome import LLM, SamplingParams
 from tome.engine.kv_cache import kv_bytes_per_token
@@ -89,3 +90,11 @@ def test_last_position_logits_within_float_tolerance(tiny_model, reference):
         theirs = reference(torch.tensor([prompt])).logits[0, -1].float()
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     engine.abort("logits")
+
+
+def test_sliding_window_model_is_capped_to_its_window(tmp_path, hf_tokenizer_dir):
+    path = make_tiny_model("mistral", tmp_path, hf_tokenizer_dir, sliding_window=32)
+    llm = LLM(str(path))
+    assert llm.engine.max_model_len == 32  # beyond it the reference would slide, we would not
+    prompts = random_prompts([12], seed=7)
+    assert_matches_reference(load_reference(path), prompts, llm.generate(prompts, greedy_params()))

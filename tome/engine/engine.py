@@ -65,6 +65,13 @@ class Engine:
 
     def _max_model_len(self) -> int:
         window = self.model_config.max_position_embeddings
+        sliding = self.model_config.sliding_window
+        if sliding is not None and sliding < window:
+            # Attention here is full; within the sliding window that is the same thing.
+            logger.warning(
+                "sliding-window attention is not implemented: window capped at %d", sliding
+            )
+            window = sliding
         if self.config.max_model_len is None:
             return window
         if self.config.max_model_len > window:

@@ -28,6 +28,8 @@ class ModelConfig:
     tie_word_embeddings: bool
     attention_bias: bool
     qk_norm: bool
+    # Mistral-style sliding-window attention; None when the model attends to everything.
+    sliding_window: int | None = None
     hf_config: Any = field(repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -65,8 +67,16 @@ class ModelConfig:
             attention_bias=architecture == "Qwen2ForCausalLM"
             or bool(getattr(hf_config, "attention_bias", False)),
             qk_norm=architecture == "Qwen3ForCausalLM",
+            sliding_window=_sliding_window(hf_config),
             hf_config=hf_config,
         )
+
+
+def _sliding_window(hf_config: Any) -> int | None:
+    # Qwen2/3 configs carry a sliding_window that is off unless use_sliding_window is set.
+    if getattr(hf_config, "use_sliding_window", True) is False:
+        return None
+    return getattr(hf_config, "sliding_window", None)
 
 
 def _check_supported(architecture: str) -> None:
