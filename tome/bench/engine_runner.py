@@ -39,8 +39,9 @@ def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
 
 
 def _kv_budget(model: ModelSpec, workload: Workload) -> int:
-    """Bytes for exactly the blocks the workload needs, so the pool (allocated up front)
-    does not inflate peak memory next to transformers' growing cache."""
+    """Bytes for exactly the blocks the workload needs. The default pool is a share of free
+    memory (allocated up front on a GPU), which would swamp the memory column next to
+    transformers' cache, which grows only as far as the workload needs."""
     config = ModelConfig.from_hf(load_hf_config(model.source))
     per_token = kv_bytes_per_token(config, kv_cache_dtype(model.torch_dtype, model.torch_device))
     longest_prefill = _blocks(max(workload.prefill_lengths) + 1)

@@ -8,6 +8,7 @@ import torch
 from rich.progress import Progress
 
 from tome.engine.config import DTYPES, EngineConfig
+from tome.layers.transposed_linear import transpose_layer_linears
 from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
 from tome.loader.model_source import ModelSource
 from tome.models.config import ModelConfig
@@ -50,6 +51,8 @@ def load_model(config: EngineConfig) -> LoadedModel:
     model.load_weights(
         _with_progress(weights, len(model.checkpoint_shapes()), config.show_progress)
     )
+    if device.type == "cpu" and dtype == torch.float32:  # bf16 matmuls go faster unchanged
+        transpose_layer_linears(model)
     model.eval()
     logger.info("loaded %s (%s, %s) on %s", source.name, model_config.architecture, dtype, device)
     return LoadedModel(model, tokenizer, model_config, source, dtype)
