@@ -65,3 +65,9 @@ def tiny_model(request, tmp_path_factory, hf_tokenizer_dir) -> Path:
 def tiny_llama(tmp_path_factory, hf_tokenizer_dir) -> Path:
     """One small Llama for tests that need a model but not every architecture."""
     return make_tiny_model("llama", tmp_path_factory.mktemp("tiny_llama"), hf_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(hf_tokenizer_dir):
+    """transformers' own tokenizer of the tiny models (the embedded model's vocabulary)."""
+    return transformers.AutoTokenizer.from_pretrained(hf_tokenizer_dir)

@@ -7,7 +7,6 @@ Each test drives its own event loop with asyncio.run; one engine serves the modu
 import asyncio
 
 import pytest
-import transformers
 
 from tests.reference import load_reference, reference_greedy
 from tome import AsyncEngine, EngineConfig, SamplingParams
@@ -23,11 +22,6 @@ def engine(tiny_llama):
     yield engine
     engine.shutdown()
     assert not engine._thread.is_alive()
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(tiny_llama):
-    return transformers.AutoTokenizer.from_pretrained(tiny_llama)
 
 
 @pytest.fixture(scope="module")

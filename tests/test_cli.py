@@ -3,7 +3,6 @@ text, bad flags cost one "error:" line and a non-zero exit (no traceback), --hel
 the commands; and parse_size."""
 
 import pytest
-import transformers
 from typer.testing import CliRunner
 
 from tests.reference import load_reference, reference_greedy
@@ -17,11 +16,6 @@ SMALL_KV = ["--kv-cache-memory", "32MiB"]
 @pytest.fixture(scope="module")
 def runner() -> CliRunner:
     return CliRunner()
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(tiny_llama):
-    return transformers.AutoTokenizer.from_pretrained(tiny_llama)
 
 
 @pytest.fixture(scope="module")

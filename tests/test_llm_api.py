@@ -6,7 +6,6 @@ import random
 import shutil
 
 import pytest
-import transformers
 
 from tests.reference import load_reference, reference_greedy
 from tome import LLM, SamplingParams
@@ -19,11 +18,6 @@ CHINESE = "请用中文写一首关于秋天的诗。你好，世界！长文本
 @pytest.fixture(scope="module")
 def llm(tiny_llama):
     return LLM(str(tiny_llama), kv_cache_memory=KV_MEMORY)
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(tiny_llama):
-    return transformers.AutoTokenizer.from_pretrained(tiny_llama)
 
 
 @pytest.fixture(scope="module")
