@@ -1,5 +1,6 @@
 """Streaming answers in the terminal: one-shot (`tome run`) and the REPL (`tome chat`)."""
 
+import itertools
 from collections.abc import Sequence as Seq
 
 from rich.console import Console
@@ -7,7 +8,7 @@ from rich.console import Console
 from tome.engine.engine import Engine
 from tome.engine.sampling_params import SamplingParams
 
-_request_counter = iter(range(1 << 62))
+_request_counter = itertools.count()
 
 
 def stream_answer(
