@@ -4,6 +4,7 @@ import numpy as np
 import psutil
 import torch
 
+from tome.layers.layer_kv_cache import LayerKVCache
 from tome.models.config import ModelConfig
 
 DEFAULT_CPU_SHARE = 0.25  # of available RAM, when no kv_cache_memory is given
@@ -30,14 +31,31 @@ def default_kv_budget(device: torch.device, most_useful: int) -> int:
     return min(int(psutil.virtual_memory().available * DEFAULT_CPU_SHARE), most_useful)
 
 
-def allocate_kv_cache(
-    config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-    return [
-        (_zeros(shape, dtype, device), _zeros(shape, dtype, device))
-        for _ in range(config.num_hidden_layers)
-    ]
+class KVPool:
+    """Every layer's paged K/V. Blocks are the unit: each tensor of each layer has the
+    block as its leading dimension, so copying a block means copying that row of each."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        self.num_blocks = num_blocks
+        self.layers = [
+            LayerKVCache(_zeros(shape, dtype, device), _zeros(shape, dtype, device))
+            for _ in range(config.num_hidden_layers)
+        ]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for layer in self.layers for t in layer.tensors()]
+
+    @property
+    def bytes_per_block(self) -> int:
+        return sum(t[0].numel() * t.element_size() for t in self.tensors())
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

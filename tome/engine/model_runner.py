@@ -5,7 +5,7 @@ import logging
 
 import torch
 
-from tome.engine.kv_cache import allocate_kv_cache
+from tome.engine.kv_cache import KVPool
 from tome.engine.sampler import SampledToken, sample
 from tome.engine.scheduler import ScheduledBatch
 from tome.layers.attention import Attention
@@ -26,10 +26,10 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.kv_caches = allocate_kv_cache(model.config, num_blocks, block_size, kv_dtype, device)
+        self.kv_pool = KVPool(model.config, num_blocks, block_size, kv_dtype, device)
         layers = [m for m in model.modules() if isinstance(m, Attention)]
-        for layer, (k_cache, v_cache) in zip(layers, self.kv_caches, strict=True):
-            layer.bind_cache(k_cache, v_cache)
+        for layer, kv_cache in zip(layers, self.kv_pool.layers, strict=True):
+            layer.bind_cache(kv_cache)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[SampledToken | None]:

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from tome.layers.attention_metadata import AttentionMetadata
+from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.torch_attention_backend import TorchAttentionBackend
 
 
@@ -18,15 +19,14 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
-        self.k_cache = torch.empty(0)
-        self.v_cache = torch.empty(0)
+        self.kv_cache = LayerKVCache(torch.empty(0), torch.empty(0))
         self.backend = TorchAttentionBackend()
 
-    def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
-        self.k_cache, self.v_cache = k_cache, v_cache
-        self.backend = backend_for(k_cache.device)
+    def bind_cache(self, kv_cache: LayerKVCache) -> None:
+        self.kv_cache = kv_cache
+        self.backend = backend_for(kv_cache.k.device)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        return self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        return self.backend.forward(q, k, v, self.kv_cache, meta, self.scale)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tome.layers.attention_metadata import AttentionMetadata
+from tome.layers.layer_kv_cache import LayerKVCache
 
 
 def write_kv(
@@ -51,12 +52,12 @@ class TorchAttentionBackend:
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        cache: LayerKVCache,
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
         """q: [tokens, heads, d]; k, v: [tokens, kv_heads, d]. Returns [tokens, heads, d]."""
+        k_cache, v_cache = cache.k, cache.v
         write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
         out = torch.empty_like(q)
         if meta.num_decodes:
