@@ -11,6 +11,7 @@ from tests.conftest import make_tiny_model
 from tests.reference import load_reference, reference_greedy
 from tome import LLM, SamplingParams
 from tome.engine.kv_cache import kv_bytes_per_token
+from tome.layers import torch_attention_backend
 from tome.models.config import ModelConfig
 
 MAX_NEW = 12
@@ -64,6 +65,15 @@ def test_prefix_cache_hits_keep_outputs(tiny_model, reference):
 def test_chunked_prefill_equals_transformers(tiny_model, reference):
     llm = LLM(str(tiny_model), max_num_batched_tokens=16, max_num_seqs=4)
     prompts = random_prompts([50, 7, 90], seed=4)
+    assert_matches_reference(reference, prompts, llm.generate(prompts, greedy_params()))
+
+
+def test_prefill_in_mask_slices_equals_transformers(tiny_model, reference, monkeypatch):
+    # A mask budget of 100 elements: a chunk continuing a 50-token context attends a row
+    # or two at a time, the slicing a million-token context needs.
+    monkeypatch.setattr(torch_attention_backend, "MASK_ELEMENTS", 100)
+    llm = LLM(str(tiny_model), max_num_batched_tokens=32, max_num_seqs=4)
+    prompts = random_prompts([75, 40], seed=6)
     assert_matches_reference(reference, prompts, llm.generate(prompts, greedy_params()))
 
 

@@ -1,5 +1,6 @@
 """Options shared by the CLI commands, and their conversion into config objects."""
 
+import json
 import re
 from typing import Annotated
 
@@ -20,8 +21,22 @@ TopKOption = Annotated[int, typer.Option(help="Sample among the k likeliest (0 =
 SeedOption = Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")]
 DtypeOption = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]
 MaxModelLenOption = Annotated[int | None, typer.Option(help="Context window in tokens.")]
+ROPE_SCALING_EXAMPLE = '{"rope_type":"yarn","factor":4}'
+RopeScalingOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Stretch the window with a rope scaling (JSON), e.g. {ROPE_SCALING_EXAMPLE}."
+    ),
+]
 KVMemoryOption = Annotated[
-    str | None, typer.Option(help="KV cache budget, e.g. 2GiB or 500MB (default: a share of RAM).")
+    str | None,
+    typer.Option(
+        help="KV cache budget: a size (2GiB, 500MB) or a fraction of free memory (0.5); "
+        "default: a share of free memory."
+    ),
+]
+KVDtypeOption = Annotated[
+    str, typer.Option(help="KV cache dtype: auto, float32, bfloat16, float16, int8 or fp8.")
 ]
 
 _UNITS = {
@@ -45,14 +60,47 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def parse_kv_memory(text: str) -> int | float:
+    """--kv-cache-memory: a unitless decimal such as 0.5 is a fraction of free memory,
+    anything else a size in bytes."""
+    if re.fullmatch(r"\s*[0-9]*\.[0-9]+\s*", text):
+        fraction = float(text)
+        if not 0 < fraction <= 1:
+            raise InvalidRequestError(
+                f"--kv-cache-memory {text.strip()} is neither a fraction in (0, 1] nor a size "
+                "such as 2GiB"
+            )
+        return fraction
+    return parse_size(text)
+
+
+def parse_rope_scaling(text: str | None) -> object:
+    """--rope-scaling's JSON; EngineConfig checks what it holds."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"--rope-scaling is not valid JSON ({exc.msg}); write e.g. {ROPE_SCALING_EXAMPLE}"
+        ) from exc
+
+
 def engine_config(
-    model: str | None, dtype: str, max_model_len: int | None, kv_cache_memory: str | None
+    model: str | None,
+    dtype: str,
+    max_model_len: int | None,
+    kv_cache_memory: str | None,
+    rope_scaling: str | None = None,
+    kv_cache_dtype: str = "auto",
 ) -> EngineConfig:
     return EngineConfig(
         model=model,
         dtype=dtype,
         max_model_len=max_model_len,
-        kv_cache_memory=parse_size(kv_cache_memory) if kv_cache_memory else None,
+        kv_cache_memory=parse_kv_memory(kv_cache_memory) if kv_cache_memory else None,
+        kv_cache_dtype=kv_cache_dtype,
+        rope_scaling=parse_rope_scaling(rope_scaling),
         show_progress=True,
     )
 

@@ -44,3 +44,10 @@ class RequestAbortedError(TomeError):
 
     status_code = 499
     error_type = "request_aborted"
+
+
+class ContextCacheNotFoundError(TomeError):
+    """No cached context has that name, or it has expired."""
+
+    status_code = 404
+    error_type = "not_found_error"

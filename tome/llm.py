@@ -5,6 +5,7 @@ from collections.abc import Sequence as Seq
 from typing import Any
 
 from tome.engine.config import EngineConfig
+from tome.engine.context_cache import ContextInfo
 from tome.engine.engine import Engine
 from tome.engine.outputs import RequestOutput
 from tome.engine.sampling_params import SamplingParams
@@ -27,15 +28,41 @@ class LLM:
         self,
         prompts: Prompt | Seq[Prompt],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        context: str | None = None,
     ) -> list[RequestOutput]:
         """Generate for one prompt or a batch. A single bad prompt raises its typed error;
-        in a batch a bad prompt comes back alone with finish_reason "error"."""
+        in a batch a bad prompt comes back alone with finish_reason "error". With
+        `context`, every prompt continues that cached context (see cache_context)."""
         single = isinstance(prompts, str) or (
             bool(prompts) and isinstance(prompts, list) and isinstance(prompts[0], int)
         )
-        return self._generate([prompts] if single else list(prompts), sampling_params, single)
+        batch = [prompts] if single else list(prompts)
+        return self._generate(batch, sampling_params, single, context)
 
-    def _generate(self, batch: list[Prompt], sampling_params, single: bool) -> list[RequestOutput]:
+    def cache_context(self, name: str, prompt: Prompt, ttl_seconds: float = 3600) -> ContextInfo:
+        """Prefill `prompt` (a book, say) and pin it under `name` for ttl_seconds: requests
+        starting with it, by name or by the same tokens, pay only for their own tokens."""
+        request_id = str(next(self._ids))
+        self.engine.cache_context(request_id, name, prompt, ttl_seconds)
+        outputs: dict[str, RequestOutput] = {}
+        self._run_until_done(outputs)
+        if outputs[request_id].finish_reason != "stop":
+            raise TomeError(f"caching context {name!r} failed: {outputs[request_id].error}")
+        return self.engine.contexts.get(name)
+
+    def list_contexts(self) -> list[ContextInfo]:
+        return self.engine.contexts.all()
+
+    def refresh_context(self, name: str, ttl_seconds: float) -> ContextInfo:
+        """Give a cached context a new time to live, counted from now."""
+        return self.engine.contexts.refresh(name, ttl_seconds)
+
+    def delete_context(self, name: str) -> None:
+        self.engine.contexts.delete(name)
+
+    def _generate(
+        self, batch: list[Prompt], sampling_params, single: bool, context: str | None = None
+    ) -> list[RequestOutput]:
         params = self._params_for(batch, sampling_params)
         outputs: dict[str, RequestOutput] = {}
         order = []
@@ -43,7 +70,7 @@ class LLM:
             request_id = str(next(self._ids))
             order.append(request_id)
             try:
-                self.engine.add_request(request_id, prompt, p)
+                self.engine.add_request(request_id, prompt, p, context=context)
             except TomeError as exc:
                 if single:
                     raise

@@ -15,6 +15,8 @@ class BenchConfig:
     dummy: str | None = None  # a config.json (or its folder): random weights on both sides
     dtype: str = "auto"
     device: str = "auto"
+    kv_cache_dtype: str = "auto"  # our engine's KV cache; transformers keeps its own
+    rope_scaling: dict | None = None  # EngineConfig.rope_scaling, put on both sides
     prefill_lengths: tuple[int, ...] = (512, 2048, 8192)
     decode_batches: tuple[int, ...] = (1, 16)
     decode_prompt_len: int = 2048
@@ -37,10 +39,16 @@ class BenchConfig:
         for ok, message in checks:
             if not ok:
                 raise InvalidRequestError(message)
-        self.resolved_device()  # validates dtype and device with the engine's own messages
+        self.resolved_device()  # validates dtypes and device with the engine's own messages
 
     def resolved_device(self) -> torch.device:
-        return EngineConfig(dtype=self.dtype, device=self.device).resolved_device()
+        config = EngineConfig(
+            dtype=self.dtype,
+            device=self.device,
+            kv_cache_dtype=self.kv_cache_dtype,
+            rope_scaling=self.rope_scaling,
+        )
+        return config.resolved_device()
 
 
 def parse_int_list(text: str, flag: str) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from tome.bench.results import SideResult
 from tome.bench.spec import ModelSpec
 from tome.bench.workloads import Workload
 from tome.engine.engine import Engine
-from tome.engine.kv_cache import kv_bytes_per_token, kv_cache_dtype
+from tome.engine.kv_cache import kv_bytes_per_token, resolve_kv_cache_dtype
 from tome.loader import load_hf_config
 from tome.models.config import ModelConfig
 
@@ -25,6 +25,8 @@ def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
         model=str(model.source.path),
         dtype=model.dtype,
         device=model.device,
+        kv_cache_dtype=model.kv_cache_dtype,
+        rope_scaling=model.rope_scaling,
         load_format="dummy" if model.dummy else "auto",
         kv_cache_memory=_kv_budget(model, workload),
         block_size=BLOCK_SIZE,
@@ -43,7 +45,8 @@ def _kv_budget(model: ModelSpec, workload: Workload) -> int:
     memory (allocated up front on a GPU), which would swamp the memory column next to
     transformers' cache, which grows only as far as the workload needs."""
     config = ModelConfig.from_hf(load_hf_config(model.source))
-    per_token = kv_bytes_per_token(config, kv_cache_dtype(model.torch_dtype, model.torch_device))
+    kv_dtype = resolve_kv_cache_dtype(model.kv_cache_dtype, model.torch_dtype, model.torch_device)
+    per_token = kv_bytes_per_token(config, kv_dtype)
     longest_prefill = _blocks(max(workload.prefill_lengths) + 1)
     decode = workload.max_batch * _blocks(workload.decode_prompt_len + workload.decode_tokens)
     return max(longest_prefill, decode) * BLOCK_SIZE * per_token

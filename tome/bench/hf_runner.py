@@ -6,12 +6,14 @@ import time
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from tome.bench.measure import measure
 from tome.bench.results import SideResult
 from tome.bench.spec import ModelSpec
 from tome.bench.workloads import Workload
+from tome.loader import load_hf_config
+from tome.models.rope_override import apply_rope_override, check_rope_override
 
 
 def run_hf(model: ModelSpec, workload: Workload) -> SideResult:
@@ -24,14 +26,24 @@ def run_hf(model: ModelSpec, workload: Workload) -> SideResult:
 def load_hf_model(model: ModelSpec) -> PreTrainedModel:
     path = model.source.path
     kwargs = {"dtype": model.torch_dtype, "attn_implementation": "sdpa"}
+    if model.rope_scaling is not None:
+        kwargs["config"] = _config_with_rope_scaling(model)
     if model.dummy:
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
         with model.torch_device:
-            hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), **kwargs)
+            hf = AutoModelForCausalLM.from_config(config, **kwargs)
     elif model.source.kind == "gguf":
         hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
     else:
         hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return hf.to(model.torch_device).eval()
+
+
+def _config_with_rope_scaling(model: ModelSpec) -> PretrainedConfig:
+    """The model's config with the rope scaling our side is given, so both run one model."""
+    config = load_hf_config(model.source)
+    apply_rope_override(config, check_rope_override(model.rope_scaling))
+    return config
 
 
 class _HFBench:

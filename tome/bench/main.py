@@ -18,7 +18,9 @@ from tome.bench.workloads import Workload
 from tome.engine.config import DTYPES
 from tome.engine.model_loading import choose_dtype
 from tome.errors import InvalidRequestError
+from tome.layers.rotary import context_window
 from tome.loader import ModelSource, load_hf_config, resolve_model
+from tome.models.rope_override import apply_rope_override, check_rope_override
 
 BUSY_PERCENT = 20
 BUSY_SAMPLE_SECONDS = 0.5
@@ -35,6 +37,7 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> Report:
             else resolve_model(config.model)
         )
         hf_config = load_hf_config(source)
+        apply_rope_override(hf_config, check_rope_override(config.rope_scaling))
         model = _model_spec(config, source, hf_config)
         workload = _workload(config, hf_config, console)
         console.print(f"[bold]tome bench[/]: {model.name}, {model.dtype} on {model.device}")
@@ -63,11 +66,13 @@ def _model_spec(config: BenchConfig, source: ModelSource, hf_config: PretrainedC
         dummy=config.dummy is not None,
         dtype=dtype_name,
         device=device.type,
+        kv_cache_dtype=config.kv_cache_dtype,
+        rope_scaling=config.rope_scaling,
     )
 
 
 def _workload(config: BenchConfig, hf_config: PretrainedConfig, console: Console) -> Workload:
-    window = hf_config.max_position_embeddings
+    window = context_window(hf_config)
     if config.decode_prompt_len + config.decode_tokens > window:
         raise InvalidRequestError(
             f"a {config.decode_prompt_len}-token decode prompt plus {config.decode_tokens} tokens "

@@ -16,6 +16,8 @@ class ModelSpec:
     dummy: bool  # random weights from the config alone
     dtype: str  # a key of DTYPES, never "auto"
     device: str  # "cpu" or "cuda"
+    kv_cache_dtype: str = "auto"  # our engine's (EngineConfig.kv_cache_dtype)
+    rope_scaling: dict | None = None  # EngineConfig.rope_scaling, put on both sides
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -8,11 +8,12 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
-from typing import Any
+from typing import Any, TypeVar
 
 from tome.engine.config import EngineConfig
+from tome.engine.context_cache import ContextInfo
 from tome.engine.engine import Engine
 from tome.engine.outputs import RequestOutput
 from tome.engine.sampling_params import SamplingParams
@@ -20,6 +21,7 @@ from tome.errors import InvalidRequestError, RequestAbortedError, TomeError
 from tome.loader.error_text import one_line
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AsyncEngine:
@@ -33,16 +35,48 @@ class AsyncEngine:
         self._thread.start()
 
     async def generate(
-        self, prompt: str | Seq[int], params: SamplingParams, request_id: str, priority: int = 0
+        self,
+        prompt: str | Seq[int],
+        params: SamplingParams,
+        request_id: str,
+        priority: int = 0,
+        context: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield a RequestOutput each time the request advances; the last one is finished.
-        Leaving the loop early (or being cancelled) aborts the request."""
+        Leaving the loop early (or being cancelled) aborts the request. With `context`,
+        the prompt continues that cached context."""
+        args = (request_id, prompt, params, priority, context)
+        async for out in self._stream(request_id, Engine.add_request, args):
+            yield out
+
+    async def cache_context(
+        self, name: str, prompt: str | Seq[int], ttl_seconds: float, request_id: str
+    ) -> ContextInfo:
+        """Prefill and pin a named context (Engine.cache_context); returns it once pinned."""
+        args = (request_id, name, prompt, ttl_seconds)
+        async for out in self._stream(request_id, Engine.cache_context, args):
+            if out.finish_reason not in (None, "stop"):
+                raise RequestAbortedError(f"caching context {name!r} ended: {out.finish_reason}")
+        return await self.call(lambda engine: engine.contexts.get(name))
+
+    async def call(self, fn: Callable[[Engine], T]) -> T:
+        """Run fn(engine) on the engine thread, between steps, and return its result."""
+        if self._stopped:
+            raise RequestAbortedError("the engine was shut down")
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._commands.put(("call", fn, (loop, done)))
+        return await done
+
+    async def _stream(
+        self, request_id: str, start: Callable[..., None], args: tuple
+    ) -> AsyncIterator[RequestOutput]:
         if self._stopped:
             raise RequestAbortedError("the engine was shut down")
         loop = asyncio.get_running_loop()
         stream: asyncio.Queue = asyncio.Queue()
         added = loop.create_future()
-        self._commands.put(("add", (request_id, prompt, params, priority), (loop, stream, added)))
+        self._commands.put(("add", (start, args), (loop, stream, added)))
         await added
         finished = False
         try:
@@ -99,16 +133,23 @@ class AsyncEngine:
     def _handle(self, kind: str, payload: Any, reply: Any) -> None:
         if kind == "add":
             loop, stream, added = reply
-            request_id = payload[0]
+            start, args = payload
+            request_id = args[0]
             try:
-                self.engine.add_request(*payload)
+                start(self.engine, *args)
                 self._streams[request_id] = (loop, stream)
-                _deliver(loop, _resolve, added, None)
+                _deliver(loop, _settle, added, None, None)
             except TomeError as exc:
-                _deliver(loop, _resolve, added, exc)
+                _deliver(loop, _settle, added, None, exc)
             except Exception as exc:  # a malformed request must not end the engine thread
                 error = InvalidRequestError(f"the request was rejected: {one_line(exc)}")
-                _deliver(loop, _resolve, added, error)
+                _deliver(loop, _settle, added, None, error)
+        elif kind == "call":
+            loop, done = reply
+            try:
+                _deliver(loop, _settle, done, payload(self.engine), None)
+            except Exception as exc:  # handed to the caller, whatever it is
+                _deliver(loop, _settle, done, None, exc)
         elif kind == "abort":
             out = self.engine.abort(payload)
             if out is not None:
@@ -139,10 +180,10 @@ def _deliver(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> bool
     return True
 
 
-def _resolve(future: asyncio.Future, error: Exception | None) -> None:
+def _settle(future: asyncio.Future, result: Any, error: Exception | None) -> None:
     if future.done():
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(error)

@@ -5,8 +5,11 @@ from dataclasses import dataclass
 import torch
 
 from tome.errors import InvalidRequestError
+from tome.models.rope_override import check_rope_override
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# int8 and fp8 store one float32 scale per token and head beside the values.
+KV_CACHE_DTYPES = {**DTYPES, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
 @dataclass
@@ -15,11 +18,22 @@ class EngineConfig:
     dtype: str = "auto"  # auto: float32 on CPU, the checkpoint's dtype (or bfloat16) on GPU
     device: str = "auto"
     max_model_len: int | None = None  # None: the model's own window
-    kv_cache_memory: int | None = None  # bytes for the KV pool; None: a share of free memory
+    # Stretch the model's window by a rope scaling, e.g. {"rope_type": "yarn", "factor": 4}.
+    rope_scaling: dict | None = None
+    # The KV pool: bytes (int), or a fraction in (0, 1] of free memory (float; on a GPU, of
+    # what the weights left). None: a default share of free memory.
+    kv_cache_memory: int | float | None = None
+    kv_cache_dtype: str = "auto"  # auto: the model's dtype (float32 on CPU); or KV_CACHE_DTYPES
     block_size: int = 16
     max_num_batched_tokens: int = 8192  # token budget of one step; longer prompts are chunked
     max_num_seqs: int = 64
     enable_prefix_caching: bool = True
+    # Cached prefix blocks the device pool evicts go down to host memory (bytes; 0: none),
+    # and from there to files under disk_kv_cache_dir (bounded by disk_kv_cache_memory
+    # bytes, kept across restarts), to be copied back instead of recomputed. See kv_tiers.py.
+    host_kv_cache_memory: int = 0
+    disk_kv_cache_dir: str | None = None
+    disk_kv_cache_memory: int = 16 * 2**30
     load_format: str = "auto"  # "dummy": random weights from the config alone
     seed: int = 0
     show_progress: bool = False
@@ -33,8 +47,12 @@ class EngineConfig:
             (self.block_size in (8, 16, 32, 64, 128), "block_size must be 8, 16, 32, 64 or 128"),
             (self.max_model_len is None or self.max_model_len > 0, "max_model_len must be > 0"),
             (
-                self.kv_cache_memory is None or self.kv_cache_memory > 0,
-                "kv_cache_memory must be > 0 bytes",
+                _is_kv_memory(self.kv_cache_memory),
+                "kv_cache_memory must be bytes > 0 (an int) or a fraction in (0, 1] of free memory",
+            ),
+            (
+                self.kv_cache_dtype == "auto" or self.kv_cache_dtype in KV_CACHE_DTYPES,
+                f"kv_cache_dtype must be auto or one of {', '.join(KV_CACHE_DTYPES)}",
             ),
             (self.max_num_batched_tokens >= 16, "max_num_batched_tokens must be >= 16"),
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
@@ -43,11 +61,40 @@ class EngineConfig:
                 "max_num_batched_tokens must be >= max_num_seqs, or some decodes would wait",
             ),
             (self.load_format in ("auto", "dummy"), "load_format must be auto or dummy"),
+            *self._kv_tier_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise InvalidRequestError(message)
+        self.rope_scaling = check_rope_override(self.rope_scaling)
         self.resolved_device()
+
+    def _kv_tier_checks(self) -> list[tuple[bool, str]]:
+        return [
+            (
+                _is_int(self.host_kv_cache_memory) and self.host_kv_cache_memory >= 0,
+                "host_kv_cache_memory must be bytes >= 0 (an int)",
+            ),
+            (
+                _is_int(self.disk_kv_cache_memory) and self.disk_kv_cache_memory > 0,
+                "disk_kv_cache_memory must be bytes > 0 (an int)",
+            ),
+            (
+                self.disk_kv_cache_dir is None
+                or (isinstance(self.disk_kv_cache_dir, str) and self.disk_kv_cache_dir.strip()),
+                "disk_kv_cache_dir must be a directory path",
+            ),
+            (
+                self.disk_kv_cache_dir is None or self.host_kv_cache_memory,
+                "disk_kv_cache_dir needs host_kv_cache_memory > 0: blocks reach the disk "
+                "through host memory",
+            ),
+            (
+                not self.host_kv_cache_memory or self.enable_prefix_caching,
+                "host_kv_cache_memory needs enable_prefix_caching: only cached prefix blocks "
+                "move between tiers",
+            ),
+        ]
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -59,3 +106,17 @@ class EngineConfig:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InvalidRequestError("device cuda was asked for but no GPU is available")
         return device
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_kv_memory(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > 0
+    return isinstance(value, float) and 0 < value <= 1

@@ -3,13 +3,21 @@ scheduled batch and returns what changed for each request touched."""
 
 import logging
 from collections.abc import Sequence as Seq
+from dataclasses import replace
 
 from tome.engine.block_manager import BlockManager
 from tome.engine.config import EngineConfig
+from tome.engine.context_cache import ContextCache, check_context_request
 from tome.engine.detokenizer import IncrementalDetokenizer
-from tome.engine.kv_cache import default_kv_budget, kv_bytes_per_token, kv_cache_dtype
+from tome.engine.kv_cache import (
+    kv_budget,
+    kv_bytes_per_token,
+    kv_cache_dtype,
+    resolve_kv_cache_dtype,
+)
+from tome.engine.kv_tiers import KVTierStats, build_kv_tiers
 from tome.engine.model_loading import load_model
-from tome.engine.model_runner import ModelRunner
+from tome.engine.model_runner import ModelRunner, StepOutput
 from tome.engine.outputs import RequestOutput
 from tome.engine.sampler import SampledToken
 from tome.engine.sampling_params import SamplingParams
@@ -28,12 +36,12 @@ class Engine:
         self.model_config = loaded.config
         self.dtype = loaded.dtype
         device = config.resolved_device()
-        self.kv_dtype = kv_cache_dtype(self.dtype, device)
+        self.kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, self.dtype, device)
         self.max_model_len = self._max_model_len()
-        token_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype)
+        token_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype)  # scales included
         block_bytes = token_bytes * config.block_size
-        budget = config.kv_cache_memory or default_kv_budget(
-            device, config.max_num_seqs * self.max_model_len * token_bytes
+        budget = kv_budget(
+            config.kv_cache_memory, device, config.max_num_seqs * self.max_model_len * token_bytes
         )
         num_blocks = budget // block_bytes
         if num_blocks < 1:
@@ -47,15 +55,26 @@ class Engine:
             self.block_manager, config.max_num_batched_tokens, config.max_num_seqs
         )
         self.runner = ModelRunner(
-            loaded.model, config.block_size, num_blocks, self.kv_dtype, device
+            loaded.model,
+            config.block_size,
+            num_blocks,
+            self.kv_dtype,
+            device,
+            kv_read_dtype=kv_cache_dtype(self.dtype, device),
         )
+        self.kv_tiers = build_kv_tiers(config, self.runner.kv_pool, loaded.source, self.dtype)
+        self.block_manager.lower_tiers = self.kv_tiers
         self.requests: dict[str, Sequence] = {}
+        self.contexts = ContextCache(self.block_manager)
         logger.info(
-            "KV pool: %d blocks of %d tokens (%d tokens, %.1f MiB); max_model_len %d",
+            "KV pool: %d tokens, %d bytes (%.1f MiB) of %s in %d blocks of %d tokens; "
+            "max_model_len %d",
+            self.kv_capacity_tokens,
+            num_blocks * self.runner.kv_pool.bytes_per_block,
+            num_blocks * self.runner.kv_pool.bytes_per_block / 2**20,
+            str(self.kv_dtype).removeprefix("torch."),
             num_blocks,
             config.block_size,
-            self.kv_capacity_tokens,
-            num_blocks * block_bytes / 2**20,
             self.max_model_len,
         )
 
@@ -81,9 +100,9 @@ class Engine:
             )
         return self.config.max_model_len
 
-    def tokenize_prompt(self, prompt: str | Seq[int]) -> list[int]:
+    def tokenize_prompt(self, prompt: str | Seq[int], add_special_tokens: bool = True) -> list[int]:
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         elif not isinstance(prompt, Seq):
             raise InvalidRequestError("a prompt is a string or a list of token ids")
         else:
@@ -96,29 +115,68 @@ class Engine:
         return ids
 
     def add_request(
-        self, request_id: str, prompt: str | Seq[int], params: SamplingParams, priority: int = 0
+        self,
+        request_id: str,
+        prompt: str | Seq[int],
+        params: SamplingParams,
+        priority: int = 0,
+        context: str | None = None,
     ) -> None:
-        """Validate and queue a request; a bad one raises a typed error and changes nothing."""
-        if request_id in self.requests:
-            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        """Validate and queue a request; a bad one raises a typed error and changes nothing.
+        With `context`, the prompt continues that cached context's tokens."""
+        if context is None:
+            ids = self.tokenize_prompt(prompt)
+        else:
+            own = self.tokenize_prompt(prompt, add_special_tokens=False)
+            ids = self.contexts.token_ids(context) + own
+        self._queue(Sequence(request_id, ids, params, self._detokenizer(ids, params), priority))
+
+    def cache_context(
+        self, request_id: str, name: str, prompt: str | Seq[int], ttl_seconds: float
+    ) -> None:
+        """Queue the prefill of a named context; when it finishes, its blocks stay pinned
+        (see ContextCache) and the request ends with finish_reason "stop", no tokens."""
+        check_context_request(name, ttl_seconds)
+        if name in self.contexts or any(s.context_name == name for s in self.requests.values()):
+            raise InvalidRequestError(
+                f"a context named {name!r} exists already; delete or refresh it"
+            )
         ids = self.tokenize_prompt(prompt)
-        self._check_fits(len(ids))
-        detokenizer = IncrementalDetokenizer(self.tokenizer.hf, ids, params)
-        seq = Sequence(request_id, ids, params, detokenizer, priority=priority)
-        self.requests[request_id] = seq
+        params = SamplingParams(max_tokens=1)
+        seq = Sequence(request_id, ids, params, self._detokenizer(ids, params))
+        seq.context_name, seq.context_ttl = name, ttl_seconds
+        self._queue(seq)
+
+    def _detokenizer(self, ids: list[int], params: SamplingParams) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self.tokenizer.hf, ids, params)
+
+    def _queue(self, seq: Sequence) -> None:
+        if seq.request_id in self.requests:
+            raise InvalidRequestError(f"request id {seq.request_id!r} is already in use")
+        seq.kv_namespace = self.runner.model.kv_namespace(len(seq.prompt_token_ids))
+        seq.kv_token_limit = self._kv_tokens_for(seq)
+        self.requests[seq.request_id] = seq
         self.scheduler.add(seq)
 
-    def _check_fits(self, num_tokens: int) -> None:
+    def _kv_tokens_for(self, seq: Sequence) -> int:
+        """The KV tokens a sequence may fill: the pool less the blocks pinned by cached
+        contexts, except those it shares. Raises when the prompt cannot fit."""
+        num_tokens = len(seq.prompt_token_ids)
         if num_tokens >= self.max_model_len:
             raise PromptTooLongError(
                 f"the prompt has {num_tokens} tokens; the window is {self.max_model_len} "
                 "and at least one must be left for the answer"
             )
-        if num_tokens + 1 > self.kv_capacity_tokens:
+        unshared = self.contexts.num_pinned_blocks - self.contexts.shared_blocks(seq)
+        pinned = unshared * self.block_manager.block_size
+        limit = self.kv_capacity_tokens - pinned
+        if num_tokens + 1 > limit:
+            held = f" ({pinned} held by cached contexts)" if pinned else ""
             raise KVCacheCapacityError(
                 f"the prompt has {num_tokens} tokens but the KV pool holds only "
-                f"{self.kv_capacity_tokens}; raise kv_cache_memory"
+                f"{limit}{held}; raise kv_cache_memory"
             )
+        return limit
 
     def abort(self, request_id: str) -> RequestOutput | None:
         seq = self.requests.pop(request_id, None)
@@ -132,20 +190,46 @@ class Engine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
+        self.contexts.expire()
         batch = self.scheduler.schedule()
         if not batch.seqs:
+            return self._fail_unschedulable()
+        batch = self._move_kv_blocks(batch)
+        if not batch.seqs:  # all sent back to waiting by failed restores; they run next step
             return []
-        sampled = self.runner.execute(batch)
-        return self._postprocess(batch, sampled)
+        return self._postprocess(batch, self.runner.execute(batch))
 
-    def _postprocess(
-        self, batch: ScheduledBatch, sampled: list[SampledToken | None]
-    ) -> list[RequestOutput]:
+    def _move_kv_blocks(self, batch: ScheduledBatch) -> ScheduledBatch:
+        """Before the forward pass: save evicted cached blocks to the lower KV tiers and
+        restore the ones this step's prefixes found there. Sequences whose restore failed
+        go back to waiting, to compute those tokens instead. (Copies recorded in a step
+        with nothing to run wait for the next: nothing overwrites or reads them before.)"""
+        swaps = self.block_manager.take_swaps()
+        if self.kv_tiers is None or not swaps:
+            return batch
+        lost = self.kv_tiers.apply(swaps, self.runner.kv_pool)
+        return self.scheduler.recompute_lost(batch, lost) if lost else batch
+
+    def kv_tier_stats(self) -> KVTierStats:
+        """Prefix-cache hits per tier and bytes moved between tiers, since start."""
+        stats = replace(self.kv_tiers.stats) if self.kv_tiers is not None else KVTierStats()
+        stats.device_hit_tokens = self.block_manager.device_hit_tokens
+        return stats
+
+    def _postprocess(self, batch: ScheduledBatch, step: StepOutput) -> list[RequestOutput]:
         outputs = []
-        for seq, n, token in zip(batch.seqs, batch.num_new_tokens, sampled, strict=True):
+        entries = zip(
+            batch.seqs, batch.num_new_tokens, step.sampled, step.prompt_logprobs, strict=True
+        )
+        for seq, n, token, scored in entries:
+            if scored:
+                seq.prompt_logprobs.extend(scored)
             seq.num_computed_tokens += n
             self.block_manager.register_computed(seq)
             if token is None:
+                continue
+            if seq.context_name is not None:
+                outputs.append(self._pin(seq))
                 continue
             delta = self._append(seq, token)
             if seq.finish_reason is not None:
@@ -154,6 +238,27 @@ class Engine:
                 self.requests.pop(seq.request_id, None)
             outputs.append(self._output(seq, delta, [token.token_id]))
         return outputs
+
+    def _pin(self, seq: Sequence) -> RequestOutput:
+        """A context's prefill is done: hand its blocks to the context cache."""
+        self.scheduler.detach(seq)
+        self.requests.pop(seq.request_id, None)
+        self.contexts.pin(seq, seq.context_ttl)
+        seq.finish_reason = "stop"
+        return self._output(seq, "", [])
+
+    def _fail_unschedulable(self) -> list[RequestOutput]:
+        """Nothing could run although requests wait: the first waiting one cannot get
+        blocks (contexts pinned after it was queued took them). End it, not the loop."""
+        if self.scheduler.running or not self.scheduler.waiting:
+            return []
+        seq = self.scheduler.waiting[0]
+        self.scheduler.finish(seq)
+        self.requests.pop(seq.request_id, None)
+        seq.finish_reason = "length" if seq.output_token_ids else "error"
+        out = self._output(seq, seq.detokenizer.flush(), [])
+        out.error = "the KV pool has no room left for this request beside the cached contexts"
+        return [out]
 
     def _append(self, seq: Sequence, token: SampledToken) -> str:
         """Add the sampled token, decide whether the request is done, return new text."""
@@ -169,7 +274,7 @@ class Engine:
         if seq.detokenizer.stopped_by_string:
             seq.finish_reason = "stop"
         elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= min(
-            self.max_model_len, self.kv_capacity_tokens
+            self.max_model_len, seq.kv_token_limit
         ):
             # The pool bounds a sequence too: one that filled it alone could never be
             # given another block and would wait forever.
@@ -187,4 +292,6 @@ class Engine:
             finish_reason=seq.finish_reason,
             num_cached_tokens=seq.num_cached_tokens or 0,
             logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+            # Not copied: complete before the first token is sampled, never changed after.
+            prompt_logprobs=seq.prompt_logprobs,
         )

@@ -1,10 +1,16 @@
-"""The paged KV pool: one K and one V tensor per layer, sized from a memory budget."""
+"""The paged KV pool: one K and one V tensor per layer (and their scales when quantized),
+sized from a memory budget."""
 
 import numpy as np
 import psutil
 import torch
+import torch.nn.functional as F
 
+from tome.engine.config import KV_CACHE_DTYPES
+from tome.errors import InvalidRequestError
+from tome.layers.kv_quantization import SCALE_DTYPE, is_quantized, scale_bytes_per_token_head
 from tome.layers.layer_kv_cache import LayerKVCache
+from tome.layers.torch_attention_backend import gather_kv, read_kv, write_kv
 from tome.models.config import ModelConfig
 
 DEFAULT_CPU_SHARE = 0.25  # of available RAM, when no kv_cache_memory is given
@@ -12,8 +18,9 @@ DEFAULT_GPU_SHARE = 0.90  # of free GPU memory after the weights
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
-    element = torch.tensor([], dtype=dtype).element_size()
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
+    """K and V of every layer for one token, with the scales of a quantized dtype."""
+    per_head = config.head_dim * dtype.itemsize + scale_bytes_per_token_head(dtype)
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * per_head
 
 
 def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -22,13 +29,50 @@ def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtyp
     return torch.float32 if device.type == "cpu" else model_dtype
 
 
-def default_kv_budget(device: torch.device, most_useful: int) -> int:
-    """A share of free memory, but never more than `most_useful` bytes (every sequence
-    at the full window): more could never be used."""
+def resolve_kv_cache_dtype(
+    name: str, model_dtype: torch.dtype, device: torch.device
+) -> torch.dtype:
+    """The dtype the pool stores K/V in for an EngineConfig.kv_cache_dtype name; refuses
+    one this device's torch cannot write, read and attend over."""
+    if name == "auto":
+        return kv_cache_dtype(model_dtype, device)
+    dtype = KV_CACHE_DTYPES[name]
+    try:
+        _try_attention(dtype, kv_cache_dtype(model_dtype, device), device)
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        raise InvalidRequestError(
+            f"kv_cache_dtype {name} is not supported on {device.type} by torch {torch.__version__}"
+        ) from exc
+    return dtype
+
+
+def _try_attention(dtype: torch.dtype, read_dtype: torch.dtype, device: torch.device) -> None:
+    """Write a token into a one-block cache of `dtype`, read it back, attend over it."""
+    cache = _layer_cache((1, 1, 1, 8), dtype, read_dtype, device)
+    new = torch.ones(1, 1, 8, device=device)
+    write_kv(cache, new, new, torch.zeros(1, dtype=torch.long, device=device))
+    tables = torch.zeros(1, 1, dtype=torch.long, device=device)
+    keys, values = read_kv(cache, lambda t: gather_kv(t, tables, 1))
+    F.scaled_dot_product_attention(keys, keys, values)
+
+
+def kv_budget(requested: int | float | None, device: torch.device, most_useful: int) -> int:
+    """Bytes for the pool. An int is bytes, taken as given. A float is a share of free
+    memory, None the default share; a share never exceeds `most_useful` bytes (every
+    sequence at the full window): more could never be used."""
+    if isinstance(requested, int):
+        return requested
+    if requested is None:
+        requested = DEFAULT_GPU_SHARE if device.type == "cuda" else DEFAULT_CPU_SHARE
+    return min(int(free_memory(device) * requested), most_useful)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on the device now: GPU memory for cuda, available RAM for the CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return min(int(free * DEFAULT_GPU_SHARE), most_useful)
-    return min(int(psutil.virtual_memory().available * DEFAULT_CPU_SHARE), most_useful)
+        return free
+    return psutil.virtual_memory().available
 
 
 class KVPool:
@@ -42,11 +86,14 @@ class KVPool:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        read_dtype: torch.dtype | None = None,
     ) -> None:
+        """`dtype` is what K/V are stored as; a quantized one (int8, fp8) is read back as
+        `read_dtype` (default float32)."""
         shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
         self.num_blocks = num_blocks
         self.layers = [
-            LayerKVCache(_zeros(shape, dtype, device), _zeros(shape, dtype, device))
+            _layer_cache(shape, dtype, read_dtype or torch.float32, device)
             for _ in range(config.num_hidden_layers)
         ]
 
@@ -56,6 +103,20 @@ class KVPool:
     @property
     def bytes_per_block(self) -> int:
         return sum(t[0].numel() * t.element_size() for t in self.tensors())
+
+
+def _layer_cache(
+    shape: tuple[int, ...], dtype: torch.dtype, read_dtype: torch.dtype, device: torch.device
+) -> LayerKVCache:
+    k, v = _zeros(shape, dtype, device), _zeros(shape, dtype, device)
+    if not is_quantized(dtype):
+        return LayerKVCache(k, v)
+    # Scales lead with the block too, so blocks still move by copying rows.
+    k_scale, v_scale = (
+        _zeros(shape[:-1], SCALE_DTYPE, device),
+        _zeros(shape[:-1], SCALE_DTYPE, device),
+    )
+    return LayerKVCache(k, v, k_scale, v_scale, read_dtype)
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -13,6 +13,7 @@ from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, 
 from tome.loader.model_source import ModelSource
 from tome.models.config import ModelConfig
 from tome.models.registry import model_class
+from tome.models.rope_override import apply_rope_override
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def choose_dtype(requested: str, hf_config, device: torch.device) -> torch.dtype
 def load_model(config: EngineConfig) -> LoadedModel:
     source = resolve_model(config.model)
     hf_config = load_hf_config(source)
+    apply_rope_override(hf_config, config.rope_scaling)
     model_config = ModelConfig.from_hf(hf_config)
     device = config.resolved_device()
     dtype = choose_dtype(config.dtype, hf_config, device)

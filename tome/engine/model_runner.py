@@ -2,16 +2,28 @@
 forward pass and samples the positions that need a next token."""
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 from tome.engine.kv_cache import KVPool
+from tome.engine.outputs import TokenLogprob
+from tome.engine.prompt_logprobs import prompt_logprobs
 from tome.engine.sampler import SampledToken, sample
 from tome.engine.scheduler import ScheduledBatch
+from tome.engine.sequence import Sequence
 from tome.layers.attention import Attention
 from tome.layers.attention_metadata import AttentionMetadata
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    """One step's results, one entry per sequence of the batch."""
+
+    sampled: list[SampledToken | None]  # None for a prefill chunk that is not the last
+    prompt_logprobs: list[list[TokenLogprob] | None]  # newly scored prompt tokens, if asked
 
 
 class ModelRunner:
@@ -22,19 +34,20 @@ class ModelRunner:
         num_blocks: int,
         kv_dtype: torch.dtype,
         device: torch.device,
+        kv_read_dtype: torch.dtype | None = None,  # what a quantized cache is read back as
     ) -> None:
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.kv_pool = KVPool(model.config, num_blocks, block_size, kv_dtype, device)
+        self.kv_pool = KVPool(model.config, num_blocks, block_size, kv_dtype, device, kv_read_dtype)
         layers = [m for m in model.modules() if isinstance(m, Attention)]
         for layer, kv_cache in zip(layers, self.kv_pool.layers, strict=True):
             layer.bind_cache(kv_cache)
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> list[SampledToken | None]:
-        """Run one step. Returns a sampled token for each sequence whose chunk reached the
-        end of its known tokens, None for a prefill chunk that is not the last."""
+    def execute(self, batch: ScheduledBatch) -> StepOutput:
+        """Run one step. Samples a token for each sequence whose chunk reached the end of its
+        known tokens, and scores the prompt tokens of chunks that asked for prompt logprobs."""
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         hidden = self.model(input_ids, positions, meta)
         results: list[SampledToken | None] = [None] * len(batch)
@@ -44,7 +57,31 @@ class ModelRunner:
             sampled = sample(logits, [batch.seqs[i] for i in sample_rows])
             for i, token in zip(sample_rows, sampled, strict=True):
                 results[i] = token
-        return results
+        scored = [
+            self._score_prompt(seq, n, hidden[meta.query_start_loc_cpu[i] :])
+            for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True))
+        ]
+        return StepOutput(results, scored)
+
+    def _score_prompt(
+        self, seq: Sequence, num_new: int, hidden: torch.Tensor
+    ) -> list[TokenLogprob] | None:
+        """Prompt logprobs from this chunk's hidden states (`hidden` starts at the chunk):
+        the state at position p scores prompt token p + 1. Positions scored before a
+        preemption are not scored again."""
+        if not seq.needs_prompt_logprobs:
+            return None
+        start = seq.num_computed_tokens
+        first = max(start, len(seq.prompt_logprobs) - 1)
+        end = min(start + num_new, len(seq.prompt_token_ids) - 1)
+        if first >= end:
+            return None
+        return prompt_logprobs(
+            self.model.compute_logits,
+            hidden[first - start : end - start],
+            seq.prompt_token_ids[first + 1 : end + 1],
+            seq.params.prompt_logprobs,
+        )
 
     def _prepare(self, batch: ScheduledBatch):
         ids: list[int] = []
@@ -70,11 +107,14 @@ class ModelRunner:
         )
         blocks = tables[seq_of_token, position_tensor // self.block_size]
         slot_mapping = blocks * self.block_size + position_tensor % self.block_size
+        prompt_lens = torch.tensor([len(seq.prompt_token_ids) for seq in batch.seqs])
+        rope_seq_lens = torch.maximum(prompt_lens[seq_of_token], position_tensor + 1)
         meta = AttentionMetadata(
             slot_mapping=slot_mapping.to(self.device),
             block_tables=tables.to(self.device),
             context_lens=torch.tensor(context_lens).to(self.device),
             query_start_loc=torch.tensor(query_start_loc).to(self.device),
+            rope_seq_lens=rope_seq_lens.to(self.device),
             num_decodes=batch.num_decodes,
             query_start_loc_cpu=query_start_loc,
             context_lens_cpu=context_lens,

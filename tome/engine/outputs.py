@@ -29,6 +29,8 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     num_cached_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
+    # One per prompt token, the first None (nothing precedes it); when asked for, as in vLLM.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     error: str | None = None
 
     @property

@@ -47,11 +47,15 @@ class Scheduler:
 
     def finish(self, seq: Sequence) -> None:
         """Drop a sequence wherever it is and release its blocks."""
+        self.detach(seq)
+        self.block_manager.free(seq)
+
+    def detach(self, seq: Sequence) -> None:
+        """Drop a sequence wherever it is, leaving its blocks to whoever holds it now."""
         if seq in self.running:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
-        self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
 
     def schedule(self) -> ScheduledBatch:
@@ -113,6 +117,19 @@ class Scheduler:
         seq.status = SequenceStatus.RUNNING
         bisect.insort(self.running, seq, key=lambda s: s.schedule_key)
         return True
+
+    def recompute_lost(self, batch: ScheduledBatch, lost_blocks: set[int]) -> ScheduledBatch:
+        """Blocks whose restore from a lower KV tier failed hold nothing valid: unname them
+        and send the sequences holding them back to waiting, to compute those tokens."""
+        self.block_manager.forget(lost_blocks)
+        kept = ScheduledBatch()
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            if lost_blocks.isdisjoint(seq.block_table):
+                kept.seqs.append(seq)
+                kept.num_new_tokens.append(n)
+            else:
+                self._preempt(seq, {})
+        return kept
 
     def _preempt(self, seq: Sequence, scheduled: dict[Sequence, int]) -> None:
         scheduled.pop(seq, None)

@@ -26,6 +26,12 @@ class Sequence:
     params: SamplingParams
     detokenizer: IncrementalDetokenizer
     priority: int = 0  # lower is served first, as in vLLM
+    context_name: str | None = None  # set on the prefill that pins a named context
+    context_ttl: float = 0.0
+    # Besides the tokens, what decides the keys this sequence writes (the rope regime of
+    # length-dependent rope types); it roots the chain of block hashes.
+    kv_namespace: bytes = b""
+    kv_token_limit: int = 0  # KV tokens it may fill: the pool less others' pinned contexts
     arrival: int = field(default_factory=lambda: next(_arrival_counter))
     output_token_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # prompt + output
@@ -37,12 +43,15 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # grows chunk by chunk
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
         if self.params.logprobs is not None:
             self.logprobs = []
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None]  # the first token has no context, as in vLLM
         if self.params.seed is not None:
             self.generator = torch.Generator().manual_seed(self.params.seed)
 
@@ -53,6 +62,22 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Prompt logprobs were asked for and some are still missing."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < len(
+            self.prompt_token_ids
+        )
+
+    @property
+    def num_cacheable_tokens(self) -> int:
+        """Leading tokens whose KV may come from the prefix cache instead of a forward: all
+        but the last, whose logits are needed; while prompt logprobs are missing, none past
+        the last position already scored, since scoring needs the forward's hidden states."""
+        if self.needs_prompt_logprobs:
+            return len(self.prompt_logprobs) - 1
+        return self.num_tokens - 1
 
     @property
     def schedule_key(self) -> tuple[int, int]:

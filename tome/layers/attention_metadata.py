@@ -15,6 +15,10 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [seqs, max_blocks] KV block ids, padded with 0
     context_lens: torch.Tensor  # [seqs] KV length of each sequence after this step
     query_start_loc: torch.Tensor  # [seqs + 1] cumulative query lengths
+    # [tokens] the sequence length each token is rotated for, as transformers' generate
+    # does: the whole prompt's length for prompt tokens, position + 1 for later ones. Read
+    # by the rope types whose frequencies depend on it (dynamic, longrope).
+    rope_seq_lens: torch.Tensor
     num_decodes: int  # the first num_decodes sequences have exactly one query token
     query_start_loc_cpu: list[int]
     context_lens_cpu: list[int]

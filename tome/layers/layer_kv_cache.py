@@ -9,10 +9,26 @@ import torch
 class LayerKVCache:
     """K and V of shape [num_blocks, block_size, kv_heads, head_dim]. Every tensor here
     has the block as its leading dimension, so a block moves between pools (device, host,
-    disk) by copying row `block_id` of each tensor in `tensors()`."""
+    disk) by copying row `block_id` of each tensor in `tensors()`.
+
+    A quantized cache (int8, fp8) also holds one scale per token and head,
+    [num_blocks, block_size, kv_heads], and is read back as `read_dtype`."""
 
     k: torch.Tensor
     v: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+    read_dtype: torch.dtype = torch.float32  # a quantized cache's K/V are read back as this
+
+    @property
+    def quantized(self) -> bool:
+        return self.k_scale is not None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype attention runs in over this cache."""
+        return self.read_dtype if self.quantized else self.k.dtype
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.k, self.v]
+        scales = [self.k_scale, self.v_scale] if self.quantized else []
+        return [self.k, self.v, *scales]

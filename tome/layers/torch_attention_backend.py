@@ -1,30 +1,62 @@
 """Paged attention in plain PyTorch: the CPU backend and the reference the GPU kernels are
-checked against. It never builds a score matrix over the whole prompt: a prefill chunk of
-q tokens attends to its context of n tokens through SDPA's tiled kernel with a q x n mask,
-so memory grows with the chunk, not with the square of the prompt."""
+checked against. It never builds a score matrix over the whole prompt: a prefill chunk
+attends to its context of n tokens through SDPA's tiled kernel, its queries taken a few
+rows at a time so that each row slice's causal mask (rows x n) stays within a fixed
+number of elements however long the context grows."""
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from tome.layers.attention_metadata import AttentionMetadata
+from tome.layers.kv_quantization import dequantize, quantize, round_trip
 from tome.layers.layer_kv_cache import LayerKVCache
+
+# Elements of one causal mask slice. SDPA's CPU kernel holds about 8 bytes per element
+# (the bool mask, a float copy, its own buffers): some 35 MB, whatever the context length.
+MASK_ELEMENTS = 1 << 22
 
 
 def write_kv(
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    slot_mapping: torch.Tensor,
+    cache: LayerKVCache, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
-    """Store the new tokens' K/V ([tokens, kv_heads, head_dim]) in their cache slots."""
-    kv_heads, head_dim = k.shape[1], k.shape[2]
-    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
-    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+    """Store the new tokens' K/V ([tokens, kv_heads, head_dim]) in their cache slots,
+    quantized with their scales when the cache is."""
+    _write_slots(cache.k, cache.k_scale, k, slot_mapping)
+    _write_slots(cache.v, cache.v_scale, v, slot_mapping)
+
+
+def _write_slots(
+    store: torch.Tensor, scale: torch.Tensor | None, new: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    slots = store.view(-1, *store.shape[2:])
+    if scale is None:
+        slots.index_copy_(0, slot_mapping, new.to(store.dtype))
+        return
+    values, new_scale = quantize(new, store.dtype)
+    # As raw bytes: CPU index_copy_ has no float8 kernel.
+    slots.view(torch.uint8).index_copy_(0, slot_mapping, values.view(torch.uint8))
+    scale.view(-1, scale.shape[2]).index_copy_(0, slot_mapping, new_scale)
+
+
+def read_kv(
+    cache: LayerKVCache, select: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A context's K and V in the cache's compute dtype; `select` picks the context's slots
+    out of a pool tensor (gather_kv or context_kv). A quantized cache dequantizes only the
+    slots selected: memory is bounded by the context read, never by the pool."""
+    if not cache.quantized:
+        return select(cache.k), select(cache.v)
+    return (
+        dequantize(select(cache.k), select(cache.k_scale), cache.read_dtype),
+        dequantize(select(cache.v), select(cache.v_scale), cache.read_dtype),
+    )
 
 
 def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, length: int) -> torch.Tensor:
-    """[seqs, kv_heads, length, head_dim] from blocks of [num_blocks, block_size, kvh, d]."""
+    """[seqs, kv_heads, length, *rest] from blocks of [num_blocks, block_size, kv_heads, *rest]
+    (rest: head_dim for K/V, nothing for scales)."""
     block_size = cache.shape[1]
     num_blocks = -(-length // block_size)
     blocks = cache[block_tables[:, :num_blocks]]  # [seqs, blocks, block_size, kvh, d]
@@ -35,8 +67,9 @@ def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, length: int) -> t
 
 
 def context_kv(cache: torch.Tensor, meta: AttentionMetadata, seq: int, length: int) -> torch.Tensor:
-    """One sequence's first `length` cached K or V as [1, kv_heads, length, head_dim]: a
-    view when its blocks are consecutive (the usual case), else a gathered copy."""
+    """One sequence's first `length` cached K or V as [1, kv_heads, length, head_dim] (or a
+    scale tensor's [1, kv_heads, length]): a view when its blocks are consecutive (the usual
+    case), else a gathered copy."""
     first_block = meta.contiguous_start_cpu[seq]
     if first_block is None:
         return gather_kv(cache, meta.block_tables[seq : seq + 1], length)
@@ -57,30 +90,24 @@ class TorchAttentionBackend:
         scale: float,
     ) -> torch.Tensor:
         """q: [tokens, heads, d]; k, v: [tokens, kv_heads, d]. Returns [tokens, heads, d]."""
-        k_cache, v_cache = cache.k, cache.v
-        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        write_kv(cache, k, v, meta.slot_mapping)
         out = torch.empty_like(q)
         if meta.num_decodes:
-            out[: meta.num_decodes] = self._decode(
-                q[: meta.num_decodes], k_cache, v_cache, meta, scale
-            )
+            out[: meta.num_decodes] = self._decode(q[: meta.num_decodes], cache, meta, scale)
         for i in range(meta.num_decodes, meta.num_seqs):
             start, end = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
-            out[start:end] = self._prefill(q, k, v, k_cache, v_cache, meta, i, scale)
+            out[start:end] = self._prefill(q, k, v, cache, meta, i, scale)
         return out
 
-    def _decode(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def _decode(self, q, cache: LayerKVCache, meta: AttentionMetadata, scale: float):
         """All single-token queries at once, their contexts padded to the longest."""
         n = meta.num_decodes
         longest = max(meta.context_lens_cpu[:n])
         if n == 1:
-            keys, values = (
-                context_kv(k_cache, meta, 0, longest),
-                context_kv(v_cache, meta, 0, longest),
-            )
+            keys, values = read_kv(cache, lambda t: context_kv(t, meta, 0, longest))
         else:
             tables = meta.block_tables[:n]
-            keys, values = gather_kv(k_cache, tables, longest), gather_kv(v_cache, tables, longest)
+            keys, values = read_kv(cache, lambda t: gather_kv(t, tables, longest))
         mask = None
         if min(meta.context_lens_cpu[:n]) != longest:
             positions = torch.arange(longest, device=q.device)
@@ -95,25 +122,38 @@ class TorchAttentionBackend:
         )
         return out[:, :, 0, :].to(q.dtype)
 
-    def _prefill(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, i: int, scale: float):
+    def _prefill(self, q, k, v, cache: LayerKVCache, meta: AttentionMetadata, i: int, scale: float):
         """One prefill chunk: its queries are the last tokens of a context of n tokens."""
         start, end = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
         query = q[start:end].transpose(0, 1)[None]
         length = meta.context_lens_cpu[i]
         if length == end - start:  # nothing cached before this chunk: attend to itself
-            dtype = k_cache.dtype
-            keys = k[start:end].transpose(0, 1)[None].to(dtype)
-            values = v[start:end].transpose(0, 1)[None].to(dtype)
+            # As stored and read back, so outputs do not depend on how a prompt was chunked.
+            dtype, stored = cache.compute_dtype, cache.k.dtype
+            keys = round_trip(k[start:end].transpose(0, 1)[None], stored, dtype)
+            values = round_trip(v[start:end].transpose(0, 1)[None], stored, dtype)
             out = F.scaled_dot_product_attention(
                 query.to(dtype), keys, values, is_causal=True, scale=scale, enable_gqa=True
             )
             return out[0].transpose(0, 1).to(q.dtype)
-        keys, values = context_kv(k_cache, meta, i, length), context_kv(v_cache, meta, i, length)
+        keys, values = read_kv(cache, lambda t: context_kv(t, meta, i, length))
+        query = query.to(keys.dtype)
         num_queries = end - start
-        mask = torch.ones(num_queries, length, dtype=torch.bool, device=q.device).tril(
-            length - num_queries
-        )
-        out = F.scaled_dot_product_attention(
-            query.to(keys.dtype), keys, values, attn_mask=mask, scale=scale, enable_gqa=True
-        )
+        rows = max(1, MASK_ELEMENTS // length)
+        out = torch.empty_like(query)
+        for first in range(0, num_queries, rows):
+            last = min(first + rows, num_queries)
+            # Query j sits at context position length - num_queries + j and sees up to it.
+            seen = length - num_queries + last
+            mask = torch.ones(last - first, seen, dtype=torch.bool, device=q.device).tril(
+                seen - (last - first)
+            )
+            out[:, :, first:last] = F.scaled_dot_product_attention(
+                query[:, :, first:last],
+                keys[:, :, :seen],
+                values[:, :, :seen],
+                attn_mask=mask,
+                scale=scale,
+                enable_gqa=True,
+            )
         return out[0].transpose(0, 1).to(q.dtype)

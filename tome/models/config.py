@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tome.errors import ModelLoadError, UnsupportedArchitectureError
+from tome.layers.rotary import context_window
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
@@ -24,7 +25,7 @@ class ModelConfig:
     num_key_value_heads: int
     head_dim: int
     rms_norm_eps: float
-    max_position_embeddings: int
+    max_position_embeddings: int  # the window, stretched where rope scaling stretches it
     tie_word_embeddings: bool
     attention_bias: bool
     qk_norm: bool
@@ -62,7 +63,7 @@ class ModelConfig:
             num_key_value_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
             head_dim=head_dim,
             rms_norm_eps=hf_config.rms_norm_eps,
-            max_position_embeddings=hf_config.max_position_embeddings,
+            max_position_embeddings=context_window(hf_config),
             tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
             attention_bias=architecture == "Qwen2ForCausalLM"
             or bool(getattr(hf_config, "attention_bias", False)),

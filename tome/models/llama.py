@@ -92,7 +92,7 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary.cos_sin(positions)
+        cos, sin = self.rotary.cos_sin(positions, meta.rope_seq_lens)
         cos_sin = (cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype))
         for layer in self.layers:
             x = layer(x, cos_sin, meta)
@@ -123,6 +123,11 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [tokens, hidden] for a flattened batch."""
         return self.model(input_ids, positions, meta)
+
+    def kv_namespace(self, prompt_len: int) -> bytes:
+        """What, besides the tokens, decides the keys a prompt of this length writes: only
+        length-dependent rope types make it anything but empty (see RotaryEmbedding)."""
+        return self.model.rotary.kv_namespace(prompt_len)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

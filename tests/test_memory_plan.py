@@ -1,0 +1,202 @@
+"""The memory plan and the KV budget: parameter counts equal transformers', KV bytes per
+dtype, `tome plan`, a pool sized as a fraction of free memory, and a 32k-token prefill
+whose memory grows with the chunk, not with the square of the prompt."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import transformers
+from typer.testing import CliRunner
+
+from tests.conftest import TINY_CONFIGS, make_tiny_model
+from tests.test_cli import assert_one_error_line
+from tome import LLM, SamplingParams
+from tome.cli import app
+from tome.cli_options import parse_kv_memory
+from tome.engine import kv_cache
+from tome.engine.config import EngineConfig
+from tome.engine.memory_plan import parameter_count, plan_memory
+from tome.errors import InvalidRequestError, KVCacheCapacityError
+from tome.layers.torch_attention_backend import MASK_ELEMENTS
+from tome.models.config import ModelConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_hf_config(kind: str) -> transformers.PretrainedConfig:
+    config_class, extra = TINY_CONFIGS[kind]
+    fields = dict(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    return config_class(**{**fields, **extra})
+
+
+def transformers_parameter_count(hf_config: transformers.PretrainedConfig) -> int:
+    model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    return sum(p.numel() for p in model.parameters())  # a tied weight is counted once
+
+
+@pytest.mark.parametrize("kind", list(TINY_CONFIGS))
+def test_parameter_count_equals_transformers(kind):
+    hf_config = tiny_hf_config(kind)
+    assert parameter_count(ModelConfig.from_hf(hf_config)) == transformers_parameter_count(
+        hf_config
+    )
+
+
+def test_plan_adds_weights_and_kv_per_dtype():
+    hf_config = tiny_hf_config("llama")
+    config = ModelConfig.from_hf(hf_config)
+    weights = 2 * transformers_parameter_count(hf_config)  # bfloat16
+    # Per token: 2 layers x (K and V) x 2 KV heads x 16 dims, in 2 bytes, or in 1 byte
+    # plus a 4-byte scale per layer, K or V, and head.
+    bf16_token, int8_token = 2 * 2 * 2 * 16 * 2, 2 * 2 * 2 * (16 + 4)
+    tokens = 4096
+    memory = weights + int8_token * tokens  # room for int8's KV exactly, not for bfloat16's
+    plan = plan_memory(config, "bfloat16", tokens, memory)
+    assert plan.weight_bytes == weights
+    rows = {kv.kv_dtype: kv for kv in plan.kv}
+    assert list(rows) == ["bfloat16", "float16", "int8", "fp8"]
+    assert rows["bfloat16"].bytes_per_token == bf16_token
+    assert rows["bfloat16"].kv_bytes == bf16_token * tokens
+    assert not rows["bfloat16"].fits
+    assert rows["bfloat16"].max_tokens == int8_token * tokens // bf16_token
+    for name in ("int8", "fp8"):
+        assert rows[name].bytes_per_token == int8_token
+        assert rows[name].fits and rows[name].max_tokens == tokens
+    assert not plan_memory(config, "bfloat16", tokens, memory - 1).kv[2].fits
+    float32_plan = plan_memory(config, "float32", tokens, memory)
+    assert float32_plan.weight_bytes == 2 * weights
+    assert float32_plan.kv[0].kv_dtype == "float32"
+    assert float32_plan.kv[0].bytes_per_token == 2 * bf16_token
+
+
+def test_plan_with_weights_over_memory_fits_nothing():
+    config = ModelConfig.from_hf(tiny_hf_config("qwen3"))
+    plan = plan_memory(config, "bfloat16", 16, 1000)
+    assert all(not kv.fits and kv.max_tokens == 0 for kv in plan.kv)
+
+
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config_only")
+    tiny_hf_config("llama_tied").save_pretrained(path)
+    return path
+
+
+def test_plan_command_prints_the_table(config_dir):
+    parameters = transformers_parameter_count(tiny_hf_config("llama_tied"))
+    args = ["plan", "--dummy", str(config_dir), "--max-model-len", "4096"]
+    result = CliRunner().invoke(app, [*args, "--device-memory", "1GiB"])
+    assert result.exit_code == 0, result.output
+    assert f"{parameters:,} parameters" in result.stdout
+    for text in ("KV cache for 4,096 tokens", "bfloat16", "int8", "fp8", "yes"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--dtype", "int3"],
+        ["--device-memory", "12XB"],
+        ["--max-model-len", "0"],
+        ["--dummy", "/no/such/config.json"],
+        ["some-model", "--dummy", "config.json"],
+    ],
+)
+def test_plan_bad_flags_give_one_error_line(config_dir, bad):
+    args = ["plan", *bad] if "--dummy" in bad else ["plan", "--dummy", str(config_dir), *bad]
+    assert_one_error_line(CliRunner().invoke(app, args))
+
+
+@pytest.mark.parametrize(("text", "value"), [("0.5", 0.5), (" 1.0 ", 1.0), ("2GiB", 2 * 2**30)])
+def test_kv_memory_is_a_fraction_or_a_size(text, value):
+    assert parse_kv_memory(text) == value
+
+
+@pytest.mark.parametrize("text", ["1.5", "0.0", "-0.5"])
+def test_kv_memory_rejects_fractions_out_of_range(text):
+    with pytest.raises(InvalidRequestError):
+        parse_kv_memory(text)
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.0, 1.5, True])
+def test_engine_config_rejects_bad_kv_memory(value):
+    with pytest.raises(InvalidRequestError, match="kv_cache_memory"):
+        EngineConfig(kv_cache_memory=value)
+
+
+def test_a_fraction_of_free_memory_sizes_the_pool(tiny_llama, monkeypatch):
+    # The tiny Llama in float32: 2 layers x (K and V) x 2 KV heads x 16 dims x 4 bytes
+    # per token, blocks of 16 tokens.
+    block_bytes = 2 * 2 * 2 * 16 * 4 * 16
+    available = 100 * block_bytes + 5000
+    monkeypatch.setattr(kv_cache, "free_memory", lambda device: available)
+    for fraction in (0.25, 0.5):
+        llm = LLM(str(tiny_llama), kv_cache_memory=fraction)
+        assert llm.engine.block_manager.num_blocks == int(available * fraction) // block_bytes
+    assert llm.engine.kv_capacity_tokens == 50 * 16
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    with pytest.raises(KVCacheCapacityError):
+        llm.generate(list(range(3, 900)), params)
+    assert len(llm.generate(list(range(3, 40)), params)[0].token_ids) == 4
+
+
+PREFILL_CHILD = """
+import json, random, sys, threading, time
+import psutil
+from tome import LLM, SamplingParams
+
+path, tokens, chunk, pool = sys.argv[1], *map(int, sys.argv[2:])
+llm = LLM(path, max_num_batched_tokens=chunk, max_num_seqs=1, kv_cache_memory=pool)
+rng = random.Random(0)
+params = SamplingParams(temperature=0.0, max_tokens=1)
+llm.generate([rng.randrange(3, 49152) for _ in range(2 * chunk)], params)  # first-use costs
+process, peak, done = psutil.Process(), [0], threading.Event()
+def sample():  # ru_maxrss would also count the warm-up's peak
+    while not done.is_set():
+        peak[0] = max(peak[0], process.memory_info().rss)
+        time.sleep(0.002)
+before = process.memory_info().rss
+sampler = threading.Thread(target=sample)
+sampler.start()
+out = llm.generate([rng.randrange(3, 49152) for _ in range(tokens)], params)
+done.set()
+sampler.join()
+print(json.dumps({"growth": peak[0] - before, "generated": len(out[0].token_ids)}))
+"""
+
+
+def test_32k_prefill_memory_grows_with_the_chunk_not_the_square(tmp_path, hf_tokenizer_dir):
+    """Peak RSS, sampled in a child process (tracemalloc does not see torch's allocations),
+    while a 32,000-token prompt is prefilled in chunks of 8,192."""
+    path = make_tiny_model(
+        "llama", tmp_path, hf_tokenizer_dir, num_hidden_layers=1, max_position_embeddings=32768
+    )
+    tokens, chunk = 32000, 8192
+    pool = 32768 * 2 * 2 * 16 * 4  # 1 layer x (K and V) x 2 KV heads x 16 dims x 4 bytes
+    child = [sys.executable, "-c", PREFILL_CHILD, str(path), str(tokens), str(chunk), str(pool)]
+    result = subprocess.run(child, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["generated"] == 1
+    # The chunk's queries go through attention a slice of rows at a time, each slice's
+    # causal mask within MASK_ELEMENTS (SDPA's CPU kernel holds about 8 bytes an element:
+    # the bool mask, a float copy, its buffers), whatever the context length. Beside it the
+    # pool fills, and the chunk's activations (c x hidden, c x intermediate) are small:
+    # 64 MiB covers them.
+    bound = pool + 10 * MASK_ELEMENTS + 64 * 2**20
+    assert measured["growth"] < bound
+    # A whole chunk's mask (c x n) would not fit the bound; one n x n float32 score matrix
+    # would need 4 GiB per head.
+    assert bound < 5 * chunk * tokens < tokens**2 * 4

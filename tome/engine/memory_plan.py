@@ -1,0 +1,113 @@
+"""The memory plan: what a model's weights and KV cache need, from its config alone.
+
+`tome plan` prints it; nothing here loads weights. KV bytes per token are the pool's own
+(kv_bytes_per_token, scales of int8/fp8 included), so the plan and the engine agree."""
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tome.engine.config import DTYPES, KV_CACHE_DTYPES
+from tome.engine.kv_cache import free_memory, kv_bytes_per_token
+from tome.errors import InvalidRequestError, ModelLoadError
+from tome.loader import load_hf_config, resolve_model
+from tome.loader.model_source import ModelSource
+from tome.models.config import ModelConfig
+
+# KV dtypes the plan compares, after the weights' own dtype.
+PLANNED_KV_DTYPES = ("bfloat16", "float16", "int8", "fp8")
+
+
+@dataclass(frozen=True)
+class KVPlan:
+    kv_dtype: str
+    bytes_per_token: int
+    kv_bytes: int  # for max_model_len tokens
+    fits: bool  # weights + kv_bytes within the device memory
+    max_tokens: int  # the most tokens whose KV fits beside the weights
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    parameters: int
+    dtype: str
+    weight_bytes: int
+    max_model_len: int
+    model_window: int
+    device_memory: int
+    kv: list[KVPlan]
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Parameters of the checkpoint: embedding, every layer, the final norm and the
+    lm_head unless it is tied to the embedding."""
+    hidden, head_dim = config.hidden_size, config.head_dim
+    q_size = config.num_attention_heads * head_dim
+    kv_size = config.num_key_value_heads * head_dim
+    attention = hidden * (q_size + 2 * kv_size) + q_size * hidden  # q, k, v, o
+    if config.attention_bias:
+        attention += q_size + 2 * kv_size
+    if config.qk_norm:
+        attention += 2 * head_dim
+    mlp = 3 * hidden * config.intermediate_size  # gate, up, down
+    layer = attention + mlp + 2 * hidden  # and its two RMSNorms
+    embeddings = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2)
+    return embeddings + config.num_hidden_layers * layer + hidden
+
+
+def plan_memory(
+    config: ModelConfig, dtype: str, max_model_len: int, device_memory: int
+) -> MemoryPlan:
+    """Weights in `dtype` plus the KV cache of `max_model_len` tokens, for the weights'
+    dtype and each of PLANNED_KV_DTYPES, against `device_memory` bytes."""
+    if dtype not in DTYPES:
+        raise InvalidRequestError(f"dtype must be one of {', '.join(DTYPES)}")
+    if max_model_len < 1:
+        raise InvalidRequestError("max_model_len must be > 0")
+    if device_memory < 1:
+        raise InvalidRequestError("device memory must be > 0 bytes")
+    parameters = parameter_count(config)
+    weight_bytes = parameters * DTYPES[dtype].itemsize
+    kv_names = [dtype, *(name for name in PLANNED_KV_DTYPES if name != dtype)]
+    return MemoryPlan(
+        parameters=parameters,
+        dtype=dtype,
+        weight_bytes=weight_bytes,
+        max_model_len=max_model_len,
+        model_window=config.max_position_embeddings,
+        device_memory=device_memory,
+        kv=[
+            _kv_plan(config, name, max_model_len, device_memory - weight_bytes) for name in kv_names
+        ],
+    )
+
+
+def _kv_plan(config: ModelConfig, name: str, tokens: int, room: int) -> KVPlan:
+    per_token = kv_bytes_per_token(config, KV_CACHE_DTYPES[name])
+    kv_bytes = per_token * tokens
+    return KVPlan(name, per_token, kv_bytes, kv_bytes <= room, max(room, 0) // per_token)
+
+
+def default_device_memory() -> int:
+    """What this machine has free: the GPU's memory when there is one, else available RAM."""
+    return free_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_plan_config(model: str | None, dummy: str | None) -> ModelConfig:
+    """The config of MODEL (as `tome run` resolves it) or of a bare config.json (`dummy`,
+    the file or its folder), without weights or tokenizer."""
+    if dummy is None:
+        return ModelConfig.from_hf(load_hf_config(resolve_model(model)))
+    if model is not None:
+        raise InvalidRequestError("give a model or --dummy CONFIG, not both")
+    path = Path(dummy).expanduser()
+    config_file = path / "config.json" if path.is_dir() else path
+    if not config_file.is_file():
+        raise ModelLoadError(f"{dummy}: no such config file (give a config.json or its folder)")
+    with tempfile.TemporaryDirectory() as folder:
+        # Any file name will do: the loader reads config.json from a folder.
+        shutil.copyfile(config_file, Path(folder) / "config.json")
+        return ModelConfig.from_hf(load_hf_config(ModelSource("hf_dir", Path(folder))))

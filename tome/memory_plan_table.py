@@ -1,0 +1,38 @@
+"""`tome plan` output: the memory plan as a rich table."""
+
+from rich.console import Console
+from rich.table import Table
+
+from tome.engine.memory_plan import MemoryPlan
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def print_memory_plan(plan: MemoryPlan, console: Console) -> None:
+    console.print(
+        f"weights: {plan.parameters:,} parameters in {plan.dtype} = "
+        f"{format_bytes(plan.weight_bytes)}; device memory {format_bytes(plan.device_memory)}; "
+        f"model window {plan.model_window:,} tokens"
+    )
+    table = Table(title=f"KV cache for {plan.max_model_len:,} tokens")
+    for column in ("KV dtype", "bytes/token", "KV", "weights + KV", "fits", "max tokens"):
+        table.add_column(column, justify="left" if column == "KV dtype" else "right")
+    for kv in plan.kv:
+        table.add_row(
+            kv.kv_dtype,
+            f"{kv.bytes_per_token:,}",
+            format_bytes(kv.kv_bytes),
+            format_bytes(plan.weight_bytes + kv.kv_bytes),
+            "[green]yes[/]" if kv.fits else "[red]no[/]",
+            f"{kv.max_tokens:,}",
+        )
+    console.print(table)
+    console.print(
+        "int8 and fp8 include one float32 scale per token and head. Activations and the "
+        "runtime need some memory beyond weights + KV."
+    )
