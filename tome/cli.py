@@ -7,22 +7,34 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tome.bench.serve_command import bench_serve
 from tome.cli_options import (
     DtypeOption,
+    KVDtypeOption,
     KVMemoryOption,
     MaxModelLenOption,
     MaxTokensOption,
     ModelOption,
+    RopeScalingOption,
     SeedOption,
     TemperatureOption,
     TopKOption,
     TopPOption,
     engine_config,
+    parse_rope_scaling,
+    parse_size,
     sampling_params,
 )
 from tome.errors import TomeError
+from tome.eval.cli import eval_app
+from tome.server import cli as server_cli
 
 app = typer.Typer(help="Tome reads whole books: a long-context LLM engine.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+app.command()(server_cli.serve)
+app.add_typer(server_cli.keys_app, name="keys")
+app.command()(server_cli.usage)
+app.command("bench-serve")(bench_serve)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -49,6 +61,8 @@ def run(
     dtype: DtypeOption = "auto",
     max_model_len: MaxModelLenOption = None,
     kv_cache_memory: KVMemoryOption = None,
+    kv_cache_dtype: KVDtypeOption = "auto",
+    rope_scaling: RopeScalingOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
     raw: Annotated[
         bool, typer.Option(help="Send the prompt as is, without the chat template.")
@@ -60,7 +74,10 @@ def run(
 
     try:
         params = sampling_params(max_tokens, temperature, top_p, top_k, seed)
-        engine = Engine(engine_config(model, dtype, max_model_len, kv_cache_memory))
+        config = engine_config(
+            model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
+        )
+        engine = Engine(config)
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
@@ -81,6 +98,8 @@ def chat(
     dtype: DtypeOption = "auto",
     max_model_len: MaxModelLenOption = None,
     kv_cache_memory: KVMemoryOption = None,
+    kv_cache_dtype: KVDtypeOption = "auto",
+    rope_scaling: RopeScalingOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
 ) -> None:
     """An interactive multi-turn chat with streamed answers (/reset, /exit)."""
@@ -89,7 +108,10 @@ def chat(
 
     try:
         params = sampling_params(max_tokens, temperature, top_p, top_k, seed)
-        engine = Engine(engine_config(model, dtype, max_model_len, kv_cache_memory))
+        config = engine_config(
+            model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
+        )
+        engine = Engine(config)
         chat_loop(engine, params, system, console)
     except TomeError as exc:
         _fail(exc)
@@ -103,6 +125,8 @@ def bench(
     ] = None,
     dtype: DtypeOption = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    kv_cache_dtype: KVDtypeOption = "auto",
+    rope_scaling: RopeScalingOption = None,
     prefill_lengths: Annotated[str, typer.Option(help="Prompt lengths.")] = "512,2048,8192",
     decode_batches: Annotated[str, typer.Option(help="Batch sizes to decode.")] = "1,16",
     decode_prompt_len: Annotated[int, typer.Option(help="Prompt tokens before decoding.")] = 2048,
@@ -120,6 +144,8 @@ def bench(
             dummy=dummy,
             dtype=dtype,
             device=device,
+            kv_cache_dtype=kv_cache_dtype,
+            rope_scaling=parse_rope_scaling(rope_scaling),
             prefill_lengths=parse_int_list(prefill_lengths, "--prefill-lengths"),
             decode_batches=parse_int_list(decode_batches, "--decode-batches"),
             decode_prompt_len=decode_prompt_len,
@@ -128,5 +154,54 @@ def bench(
             markdown=markdown,
         )
         run_bench(config, console)
+    except TomeError as exc:
+        _fail(exc)
+
+
+@app.command("bench-context")
+def bench_context(
+    model: ModelOption = None,
+    dtype: DtypeOption = "auto",
+    document_tokens: Annotated[int, typer.Option(help="Tokens of the document.")] = 8000,
+    kv_cache_memory: KVMemoryOption = None,
+) -> None:
+    """Time to first token for a second question on an already-read document."""
+    from tome import LLM
+    from tome.bench.context_reuse import print_context_reuse, run_context_reuse
+
+    try:
+        config = engine_config(model, dtype, None, kv_cache_memory)
+        llm = LLM(**{**vars(config), "max_num_batched_tokens": max(document_tokens, 8192)})
+        console.print(f"[bold]tome bench-context[/]: {document_tokens}-token document")
+        print_context_reuse(run_context_reuse(llm, document_tokens), console)
+    except TomeError as exc:
+        _fail(exc)
+
+
+@app.command()
+def plan(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="A model directory, .gguf file or Hub id (default: embedded SmolLM2)."),
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Tokens of KV cache to plan for (default: the window).")
+    ] = None,
+    device_memory: Annotated[
+        str | None,
+        typer.Option(help="e.g. 80GiB (default: this machine's free GPU memory, else free RAM)."),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Weights: bfloat16, float16 or float32.")] = "bfloat16",
+    dummy: Annotated[str | None, typer.Option(help="A config.json (or its folder).")] = None,
+) -> None:
+    """Memory for the weights and the KV cache at each KV dtype, from the config alone."""
+    from tome.engine.memory_plan import default_device_memory, load_plan_config, plan_memory
+    from tome.memory_plan_table import print_memory_plan
+
+    try:
+        config = load_plan_config(model, dummy)
+        memory = parse_size(device_memory) if device_memory else default_device_memory()
+        tokens = config.max_position_embeddings if max_model_len is None else max_model_len
+        print_memory_plan(plan_memory(config, dtype, tokens, memory), console)
     except TomeError as exc:
         _fail(exc)

@@ -1,0 +1,57 @@
+"""The serving benchmark's workload, as vLLM's random dataset: prompts of about
+`prompt_len` words and answers of `output_len` tokens, each drawn within ±`len_jitter`,
+the same for a given seed whichever server is measured."""
+
+import random
+from dataclasses import dataclass
+
+from tome.errors import InvalidRequestError
+from tome.eval.word_lists import ENGLISH_WORDS
+
+
+@dataclass(frozen=True)
+class ServeBenchConfig:
+    base_url: str | None = None  # an OpenAI-compatible /v1 URL; None: our engine in process
+    model: str | None = None  # the served model's id; in process, the model to load
+    api_key: str = "unused"
+    num_prompts: int = 64
+    concurrency: int | None = 16  # most requests in flight; None: as many as arrive
+    request_rate: float | None = None  # Poisson arrivals a second; None: all at once
+    prompt_len: int = 512
+    output_len: int = 128
+    len_jitter: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_prompts >= 1, "--num-prompts must be >= 1"),
+            (self.concurrency is None or self.concurrency >= 1, "--concurrency must be >= 1"),
+            (self.request_rate is None or self.request_rate > 0, "--request-rate must be > 0"),
+            (self.prompt_len >= 1 and self.output_len >= 2, "lengths: prompt >= 1, output >= 2"),
+            (0.0 <= self.len_jitter < 1.0, "--len-jitter must be in [0, 1)"),
+            (self.base_url is None or self.model, "--model: the served model's id is needed"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidRequestError(message)
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    prompt: str
+    max_tokens: int
+
+
+def make_workload(config: ServeBenchConfig) -> list[BenchRequest]:
+    rng = random.Random(config.seed)
+
+    def jittered(length: int) -> int:
+        spread = int(length * config.len_jitter)
+        return max(1, rng.randint(length - spread, length + spread))
+
+    requests = []
+    for i in range(config.num_prompts):
+        # A distinct opening word per request keeps prefix caching from sharing prompts.
+        words = [f"Request{i}:", *rng.choices(ENGLISH_WORDS, k=jittered(config.prompt_len) - 1)]
+        requests.append(BenchRequest(" ".join(words), max(2, jittered(config.output_len))))
+    return requests

@@ -1,0 +1,133 @@
+"""The server's commands: `tome serve`, `tome keys create|list|revoke`, `tome usage`.
+tome/cli.py registers them; the work is done in serve.py and admin.py."""
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tome.cli_options import (
+    DtypeOption,
+    KVDtypeOption,
+    KVMemoryOption,
+    MaxModelLenOption,
+    RopeScalingOption,
+    engine_config,
+)
+from tome.errors import TomeError
+
+console = Console()
+err_console = Console(stderr=True)
+
+ModelArgument = Annotated[
+    str | None,
+    typer.Argument(help="A model directory, .gguf file or Hub id (default: embedded SmolLM2)."),
+]
+ServerConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Tiers and prices (TOML); default: built-in tiers.")
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(help="SQLAlchemy URL of the database (default: a SQLite file in the data dir)."),
+]
+
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+
+
+def fail(exc: TomeError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+def serve(
+    model: ModelArgument = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    config: ServerConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The model id clients ask for (default: the file's name).")
+    ] = None,
+    dtype: DtypeOption = "auto",
+    max_model_len: MaxModelLenOption = None,
+    kv_cache_memory: KVMemoryOption = None,
+    kv_cache_dtype: KVDtypeOption = "auto",
+    rope_scaling: RopeScalingOption = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Most requests computed at once.")] = 64,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """An OpenAI-compatible HTTP server (chat, completions, models, tokenize, metrics)."""
+    from tome.server.serve import ServerConfig
+    from tome.server.serve import serve as run_server
+
+    try:
+        engine = engine_config(
+            model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
+        )
+        server = ServerConfig(host, port, config, database_url, served_model_name, log_level)
+        run_server(replace(engine, max_num_seqs=max_num_seqs), server)
+    except TomeError as exc:
+        fail(exc)
+
+
+@keys_app.command("create")
+def create_key(
+    tier: Annotated[str, typer.Option(help="The key's tier, as named in the config.")],
+    name: Annotated[str, typer.Option(help="A name to tell the key apart.")] = "",
+    config: ServerConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    from tome.server import admin
+
+    try:
+        admin.create_key(tier, name, config, database_url, console)
+    except TomeError as exc:
+        fail(exc)
+
+
+@keys_app.command("list")
+def list_keys(config: ServerConfigOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """List keys: id, name, tier, the key's first characters, created, revoked."""
+    from tome.server import admin
+
+    try:
+        admin.list_keys(config, database_url, console)
+    except TomeError as exc:
+        fail(exc)
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key: Annotated[str, typer.Argument(help="The key's id, or the key itself.")],
+    config: ServerConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Revoke a key: its next request gets 401."""
+    from tome.server import admin
+
+    try:
+        admin.revoke_key(key, config, database_url, console)
+    except TomeError as exc:
+        fail(exc)
+
+
+def usage(
+    key: Annotated[
+        str | None, typer.Option("--key", help="Only this key (its id, or the key itself).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From a date (2025-01-31) or a time ago (7d, 24h, 30m).")
+    ] = None,
+    config: ServerConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Tokens and cost per key from the usage ledger (prices from the config)."""
+    from tome.server import admin
+
+    try:
+        admin.usage_report(key, since, config, database_url, console)
+    except TomeError as exc:
+        fail(exc)

@@ -1,0 +1,97 @@
+"""Prometheus metrics, in a registry of this server's own (so several apps in one process,
+as in tests, never collide). Engine gauges are read from the engine's counters when
+scraped; the server never looks further into the engine than that."""
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from tome.engine.engine import Engine
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5)
+
+
+@dataclass
+class EngineSnapshot:
+    running: int
+    waiting: int
+    num_blocks: int
+    free_blocks: int
+    prefix_queries: int
+    prefix_hits: int
+    preemptions: int
+
+    @property
+    def kv_usage(self) -> float:
+        return 1.0 - self.free_blocks / self.num_blocks
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+
+
+def read_snapshot(engine: Engine) -> EngineSnapshot:
+    """Runs on the engine thread, between steps."""
+    blocks, scheduler = engine.block_manager, engine.scheduler
+    return EngineSnapshot(
+        running=len(scheduler.running),
+        waiting=len(scheduler.waiting),
+        num_blocks=blocks.num_blocks,
+        free_blocks=blocks.num_free_blocks,
+        prefix_queries=blocks.prefix_queries,
+        prefix_hits=blocks.prefix_hits,
+        preemptions=scheduler.num_preemptions,
+    )
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tome_requests",
+            "HTTP requests by endpoint and status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tome_time_to_first_token_seconds",
+            "Time to first token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "tome_time_per_output_token_seconds",
+            "Time per output token after the first.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("tome_tokens", "Tokens by kind.", ["kind"], registry=r)
+        self.running = Gauge("tome_running_requests", "Requests being computed.", registry=r)
+        self.waiting = Gauge("tome_waiting_requests", "Requests queued.", registry=r)
+        self.kv_usage = Gauge(
+            "tome_kv_cache_usage_ratio",
+            "Share of KV blocks in use (cached ones count free).",
+            registry=r,
+        )
+        self.prefix_hit_rate = Gauge(
+            "tome_prefix_cache_hit_rate", "Prompt tokens found in the prefix cache.", registry=r
+        )
+        self.preemptions = Gauge("tome_preemptions", "Requests preempted since start.", registry=r)
+
+    def count_request(self, endpoint: str, status: int) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+
+    def count_tokens(self, prompt: int, cached: int, completion: int) -> None:
+        self.tokens.labels("prompt").inc(prompt)
+        self.tokens.labels("cached_prompt").inc(cached)
+        self.tokens.labels("completion").inc(completion)
+
+    def render(self, snapshot: EngineSnapshot) -> bytes:
+        self.running.set(snapshot.running)
+        self.waiting.set(snapshot.waiting)
+        self.kv_usage.set(snapshot.kv_usage)
+        self.prefix_hit_rate.set(snapshot.prefix_hit_rate)
+        self.preemptions.set(snapshot.preemptions)
+        return generate_latest(self.registry)

@@ -1,0 +1,53 @@
+"""GET /v1/models, POST /v1/tokenize, GET /health, GET /metrics."""
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from tome.server.auth import authenticate
+from tome.server.limits import Caller
+from tome.server.metrics import read_snapshot
+from tome.server.prompts import prompt_ids_of
+from tome.server.schemas.misc import ModelCard, ModelList, TokenizeRequest, TokenizeResponse
+from tome.server.state import server_state
+
+router = APIRouter()
+Authenticated = Annotated[Caller, Depends(authenticate)]
+HEALTH_TIMEOUT_S = 30.0  # the engine answers between steps; a long prefill step takes a while
+
+
+@router.get("/v1/models")
+async def list_models(request: Request, _: Authenticated) -> ModelList:
+    server = server_state(request)
+    card = ModelCard(
+        id=server.model_name, created=server.created, max_model_len=server.max_model_len
+    )
+    return ModelList(data=[card])
+
+
+@router.post("/v1/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request, _: Authenticated) -> TokenizeResponse:
+    server = server_state(request)
+    ids = await server.tokenize(prompt_ids_of, server.tokenizer, body.prompt, body.messages)
+    return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=server.max_model_len)
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 while the engine thread answers; 503 when it does not."""
+    engine = server_state(request).engine
+    try:
+        await asyncio.wait_for(engine.call(lambda _: None), HEALTH_TIMEOUT_S)
+    except Exception as exc:  # stopped, failed or stuck: all of them mean unhealthy
+        return JSONResponse({"status": "unhealthy", "reason": type(exc).__name__}, 503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    server = server_state(request)
+    snapshot = await server.engine.call(read_snapshot)
+    return Response(server.metrics.render(snapshot), media_type=CONTENT_TYPE_LATEST)
