@@ -135,6 +135,24 @@ def test_max_num_seqs_is_respected():
     assert all(len(seq.output_token_ids) == 3 for seq in seqs)
 
 
+def test_a_higher_priority_takes_a_seat_from_a_lower_one_when_all_are_taken():
+    sched = scheduler(budget=64, max_num_seqs=2)
+    low = [make_seq(6, priority=1, max_tokens=20, base=10 * i) for i in range(2)]
+    for seq in low:
+        sched.add(seq)
+    step(sched)
+    same = make_seq(6, priority=1, max_tokens=2, base=50)
+    sched.add(same)
+    assert set(step(sched).seqs) == set(low)  # equal priority waits for a seat
+    urgent = make_seq(6, priority=0, max_tokens=2, base=70)
+    sched.add(urgent)
+    batch = step(sched)
+    assert urgent in batch.seqs and low[1] not in batch.seqs  # the newest low one gave way
+    assert low[1].status is SequenceStatus.WAITING and sched.num_preemptions == 1
+    run_all(sched)
+    assert low[1].output_token_ids == reference_outputs(6, 10, 20)
+
+
 def reference_outputs(prompt_len: int, base: int, max_tokens: int) -> list[int]:
     """The same request alone in a large pool: no preemption."""
     sched = scheduler(budget=64)

@@ -68,6 +68,18 @@ def test_serve_refuses_to_run_open_off_localhost(database_url):
     assert_one_error_line(result, "no API key", "127.0.0.1", "tome keys create")
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--disk-kv-cache-dir", "kv"], "needs host_kv_cache_memory"),
+        (["--host-kv-cache-memory", "lots"], "cannot read 'lots' as a size"),
+    ],
+)
+def test_serve_kv_tier_flags_are_checked(database_url, flags, message):
+    result = tome("serve", *flags, "--database-url", database_url)
+    assert_one_error_line(result, message)
+
+
 def test_usage_report_prices_cached_tokens_apart(database_url, tmp_path):
     config = tmp_path / "tiers.toml"
     config.write_text("[prices]\nprompt = 3.0\ncached_prompt = 1.0\ncompletion = 10.0\n")

@@ -35,6 +35,18 @@ KVMemoryOption = Annotated[
         "default: a share of free memory."
     ),
 ]
+HostKVMemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Host-memory tier for evicted prefix blocks, e.g. 8GiB (default: none); "
+        "a prefix hit there is copied back instead of recomputed."
+    ),
+]
+DiskKVDirOption = Annotated[
+    str | None,
+    typer.Option(help="A directory for a disk tier below the host tier (needs the host tier)."),
+]
+DiskKVMemoryOption = Annotated[str, typer.Option(help="Bound on the disk tier, e.g. 100GiB.")]
 KVDtypeOption = Annotated[
     str, typer.Option(help="KV cache dtype: auto, float32, bfloat16, float16, int8 or fp8.")
 ]

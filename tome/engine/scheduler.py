@@ -90,8 +90,10 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, scheduled: dict[Sequence, int], budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while self.waiting and budget > 0:
             seq = self.waiting[0]
+            if len(self.running) >= self.max_num_seqs and not self._free_a_seat(seq, scheduled):
+                break
             if not self._admit(seq, scheduled):
                 break
             scheduled[seq] = min(seq.num_uncomputed_tokens, budget)
@@ -104,6 +106,15 @@ class Scheduler:
             self._preempt(victim, scheduled)
             if victim is seq:
                 return False
+        return True
+
+    def _free_a_seat(self, seq: Sequence, scheduled: dict[Sequence, int]) -> bool:
+        """All max_num_seqs seats are taken: a waiting sequence takes one from the lowest
+        running one only if that one has a strictly lower priority (as with KV blocks)."""
+        victim = self.running[-1]
+        if victim.priority <= seq.priority:
+            return False
+        self._preempt(victim, scheduled)
         return True
 
     def _admit(self, seq: Sequence, scheduled: dict[Sequence, int]) -> bool:

@@ -9,12 +9,16 @@ import typer
 from rich.console import Console
 
 from tome.cli_options import (
+    DiskKVDirOption,
+    DiskKVMemoryOption,
     DtypeOption,
+    HostKVMemoryOption,
     KVDtypeOption,
     KVMemoryOption,
     MaxModelLenOption,
     RopeScalingOption,
     engine_config,
+    parse_size,
 )
 from tome.errors import TomeError
 
@@ -55,6 +59,9 @@ def serve(
     kv_cache_memory: KVMemoryOption = None,
     kv_cache_dtype: KVDtypeOption = "auto",
     rope_scaling: RopeScalingOption = None,
+    host_kv_cache_memory: HostKVMemoryOption = None,
+    disk_kv_cache_dir: DiskKVDirOption = None,
+    disk_kv_cache_memory: DiskKVMemoryOption = "16GiB",
     max_num_seqs: Annotated[int, typer.Option(help="Most requests computed at once.")] = 64,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
@@ -67,7 +74,12 @@ def serve(
             model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
         )
         server = ServerConfig(host, port, config, database_url, served_model_name, log_level)
-        run_server(replace(engine, max_num_seqs=max_num_seqs), server)
+        tiers = dict(
+            host_kv_cache_memory=parse_size(host_kv_cache_memory) if host_kv_cache_memory else 0,
+            disk_kv_cache_dir=disk_kv_cache_dir,
+            disk_kv_cache_memory=parse_size(disk_kv_cache_memory),
+        )
+        run_server(replace(engine, max_num_seqs=max_num_seqs, **tiers), server)
     except TomeError as exc:
         fail(exc)
 
