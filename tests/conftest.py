@@ -32,8 +32,8 @@ def hf_tokenizer_dir(tmp_path_factory) -> Path:
     return path
 
 
-def make_tiny_model(kind: str, path: Path, tokenizer_dir: Path, **overrides) -> Path:
-    """A random tiny model of the given family with GQA, saved with a tokenizer."""
+def tiny_config(kind: str, **overrides) -> transformers.PretrainedConfig:
+    """The transformers config of a tiny model of the given family, with GQA."""
     config_class, extra = TINY_CONFIGS[kind]
     fields = dict(
         vocab_size=49152,
@@ -47,10 +47,13 @@ def make_tiny_model(kind: str, path: Path, tokenizer_dir: Path, **overrides) -> 
         eos_token_id=2,
         tie_word_embeddings=False,
     )
-    fields.update(extra)
-    fields.update(overrides)
+    return config_class(**{**fields, **extra, **overrides})
+
+
+def make_tiny_model(kind: str, path: Path, tokenizer_dir: Path, **overrides) -> Path:
+    """A random tiny model of the given family, saved with a tokenizer."""
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config_class(**fields))
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(kind, **overrides))
     model.save_pretrained(path)
     transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
     return path

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from tests.conftest import make_tiny_model
+from tests.conftest import make_tiny_model, tiny_config
 from tome import LLM, SamplingParams
 from tome.engine import kv_cache
 from tome.engine.config import EngineConfig
@@ -61,16 +61,8 @@ def test_zero_rows_stay_zero(dtype):
     assert (dequantize(*quantize(x, dtype), torch.float32) == 0).all()
 
 
-def tiny_config(**overrides) -> ModelConfig:
-    fields = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-    )
-    return ModelConfig.from_hf(transformers.LlamaConfig(**{**fields, **overrides}))
+def tiny_model_config(**overrides) -> ModelConfig:
+    return ModelConfig.from_hf(tiny_config("llama", vocab_size=256, **overrides))
 
 
 def metadata(block_table: list[int], contiguous_start: int | None) -> SimpleNamespace:
@@ -91,7 +83,7 @@ def write_sequence(cache, block_table: list[int], k: torch.Tensor, v: torch.Tens
 def test_pool_reads_back_what_was_written(dtype):
     """Through the backend's write and both read paths (a view over consecutive blocks, a
     gathered copy otherwise), K and V come back within int8's half step of what went in."""
-    config = tiny_config()
+    config = tiny_model_config()
     pool = KVPool(config, num_blocks=8, block_size=8, dtype=dtype, device=torch.device("cpu"))
     cache = pool.layers[1]
     k, v = token_heads(20, 2, config.head_dim), token_heads(20, 2, config.head_dim) * 3
@@ -109,7 +101,7 @@ def test_pool_reads_back_what_was_written(dtype):
 def test_a_block_moves_by_copying_its_row_of_every_tensor():
     """The host-tier contract: scales lead with the block like K and V, and tensors()
     lists them, so copying row b of each tensor copies block b whole."""
-    config = tiny_config()
+    config = tiny_model_config()
     pool = KVPool(config, num_blocks=4, block_size=8, dtype=torch.int8, device=torch.device("cpu"))
     assert len(pool.tensors()) == 4 * config.num_hidden_layers
     assert all(t.shape[:2] == (4, 8) for t in pool.tensors())
@@ -126,7 +118,7 @@ def test_a_block_moves_by_copying_its_row_of_every_tensor():
 
 @pytest.mark.parametrize("head_dim", [16, 64, 128])
 def test_int8_pool_holds_a_token_in_half_the_float16_bytes_plus_scales(head_dim):
-    config = tiny_config(hidden_size=4 * head_dim, head_dim=head_dim)
+    config = tiny_model_config(hidden_size=4 * head_dim, head_dim=head_dim)
     cpu = torch.device("cpu")
     int8 = KVPool(config, num_blocks=2, block_size=16, dtype=torch.int8, device=cpu)
     half = KVPool(config, num_blocks=2, block_size=16, dtype=torch.float16, device=cpu)

@@ -11,7 +11,7 @@ import pytest
 import transformers
 from typer.testing import CliRunner
 
-from tests.conftest import TINY_CONFIGS, make_tiny_model
+from tests.conftest import TINY_CONFIGS, make_tiny_model, tiny_config
 from tests.test_cli import assert_one_error_line
 from tome import LLM, SamplingParams
 from tome.cli import app
@@ -27,18 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_hf_config(kind: str) -> transformers.PretrainedConfig:
-    config_class, extra = TINY_CONFIGS[kind]
-    fields = dict(
-        vocab_size=1000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-    )
-    return config_class(**{**fields, **extra})
+    return tiny_config(kind, vocab_size=1000)
 
 
 def transformers_parameter_count(hf_config: transformers.PretrainedConfig) -> int:
