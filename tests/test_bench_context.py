@@ -1,4 +1,4 @@
-"""`tome bench-context`: the second question on a document finds it in the prefix cache and
+"""`tome bench context`: the second question on a document finds it in the prefix cache and
 the named-context question uses the pinned copy. No timing assertions."""
 
 from typer.testing import CliRunner
@@ -19,7 +19,7 @@ def test_second_question_reuses_the_document(tiny_llama):
 def test_cli_prints_the_table(tiny_llama):
     result = CliRunner().invoke(
         app,
-        ["bench-context", "--model", str(tiny_llama), "--document-tokens", "100"],
+        ["bench", "context", "--model", str(tiny_llama), "--document-tokens", "100"],
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output

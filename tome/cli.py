@@ -1,4 +1,5 @@
-"""The `tome` command: run, chat, bench."""
+"""The `tome` command: run, chat, bench (and bench serve, bench context), plan, eval, serve,
+keys, usage."""
 
 import logging
 from pathlib import Path
@@ -34,7 +35,12 @@ app.add_typer(eval_app, name="eval")
 app.command()(server_cli.serve)
 app.add_typer(server_cli.keys_app, name="keys")
 app.command()(server_cli.usage)
-app.command("bench-serve")(bench_serve)
+bench_app = typer.Typer(
+    help="Benchmarks: ours vs transformers (no subcommand), serving, context reuse.",
+    invoke_without_command=True,
+)
+app.add_typer(bench_app, name="bench")
+bench_app.command("serve")(bench_serve)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -117,8 +123,9 @@ def chat(
         _fail(exc)
 
 
-@app.command()
+@bench_app.callback()
 def bench(
+    ctx: typer.Context,
     model: ModelOption = None,
     dummy: Annotated[
         str | None, typer.Option(help="A config.json (or its folder): random weights, any shape.")
@@ -135,6 +142,8 @@ def bench(
     markdown: Annotated[Path | None, typer.Option(help="Append the table as Markdown.")] = None,
 ) -> None:
     """Our engine and transformers side by side: prefill and decode tokens/s, peak memory."""
+    if ctx.invoked_subcommand is not None:
+        return
     from tome.bench import BenchConfig, run_bench
     from tome.bench.config import parse_int_list
 
@@ -158,7 +167,7 @@ def bench(
         _fail(exc)
 
 
-@app.command("bench-context")
+@bench_app.command("context")
 def bench_context(
     model: ModelOption = None,
     dtype: DtypeOption = "auto",
@@ -172,7 +181,7 @@ def bench_context(
     try:
         config = engine_config(model, dtype, None, kv_cache_memory)
         llm = LLM(**{**vars(config), "max_num_batched_tokens": max(document_tokens, 8192)})
-        console.print(f"[bold]tome bench-context[/]: {document_tokens}-token document")
+        console.print(f"[bold]tome bench context[/]: {document_tokens}-token document")
         print_context_reuse(run_context_reuse(llm, document_tokens), console)
     except TomeError as exc:
         _fail(exc)

@@ -1,4 +1,4 @@
-"""`tome bench-serve`: the serving benchmark's command line."""
+"""`tome bench serve`: the serving benchmark's command line."""
 
 from pathlib import Path
 from typing import Annotated

@@ -1,4 +1,4 @@
-"""`tome bench-serve`: a load generator in the style of vLLM's serving benchmark. Requests
+"""`tome bench serve`: a load generator in the style of vLLM's serving benchmark. Requests
 go out all at once or as Poisson arrivals at --request-rate, at most --concurrency in
 flight; each streams its answer and its timings are kept for the report."""
 
@@ -18,7 +18,7 @@ def run_serve_bench(config: ServeBenchConfig, console: Console) -> ServeBenchRep
     workload = make_workload(config)
     where = config.base_url or f"our engine in process ({config.model or 'embedded model'})"
     console.print(
-        f"[bold]tome bench-serve[/]: {config.num_prompts} requests to {where}, concurrency "
+        f"[bold]tome bench serve[/]: {config.num_prompts} requests to {where}, concurrency "
         f"{config.concurrency or 'unbounded'}, rate {config.request_rate or 'all at once'}"
     )
     return asyncio.run(_run(config, workload))
