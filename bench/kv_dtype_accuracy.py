@@ -2,7 +2,7 @@
 cache: greedy token agreement (matching tokens up to each answer's first divergence) and
 the absolute logit difference at the last prompt position.
 
-    python bench/kv_dtype_accuracy.py --prompts 8 --max-tokens 64
+    python bench/kv_dtype_accuracy.py --prompts 8 --max-tokens 64 [--kv-dtypes int8,fp8]
 
 CPU heavy: it loads the model once per KV dtype and generates every answer three times."""
 
@@ -25,7 +25,7 @@ PROMPTS = [
     "Translate 'Where is the train station?' into French and Spanish.",
     "What are the main differences between a cat and a dog as pets?",
 ]
-QUANTIZED = ("int8", "fp8")
+COMPARED = "bfloat16,float16,int8,fp8"  # 16-bit caches show how much plain rounding moves
 KV_CACHE_MEMORY = 512 * 2**20  # bytes; plenty for these prompts
 
 
@@ -79,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="How many prompts.")
     parser.add_argument("--max-tokens", type=int, default=64, help="Answer length.")
+    parser.add_argument("--kv-dtypes", default=COMPARED, help="KV dtypes to compare.")
     args = parser.parse_args()
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
         parser.error(f"--prompts must be in [1, {len(PROMPTS)}] and --max-tokens >= 1")
@@ -87,7 +88,7 @@ def main() -> None:
     table = Table(title=f"KV dtype vs float32 cache: {len(prompts)} prompts, greedy")
     for column in ("KV dtype", "token agreement", "max |Δ logit|", "mean |Δ logit|"):
         table.add_column(column, justify="right")
-    for kv_dtype in QUANTIZED:
+    for kv_dtype in args.kv_dtypes.split(","):
         answers, logits = run(kv_dtype, prompts, args.max_tokens)
         differences = torch.stack(
             [(a - b).abs() for a, b in zip(logits, reference_logits, strict=True)]
