@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tome.layers.attention_metadata import AttentionMetadata
-from tome.layers.kv_quantization import dequantize, quantize, round_trip
+from tome.layers.kv_quantization import dequantize_from_cache, quantize_for_cache, round_trip
 from tome.layers.layer_kv_cache import LayerKVCache
 
 # Elements of one causal mask slice. SDPA's CPU kernel holds about 8 bytes per element
@@ -34,7 +34,7 @@ def _write_slots(
     if scale is None:
         slots.index_copy_(0, slot_mapping, new.to(store.dtype))
         return
-    values, new_scale = quantize(new, store.dtype)
+    values, new_scale = quantize_for_cache(new, store.dtype)
     # As raw bytes: CPU index_copy_ has no float8 kernel.
     slots.view(torch.uint8).index_copy_(0, slot_mapping, values.view(torch.uint8))
     scale.view(-1, scale.shape[2]).index_copy_(0, slot_mapping, new_scale)
@@ -49,8 +49,8 @@ def read_kv(
     if not cache.quantized:
         return select(cache.k), select(cache.v)
     return (
-        dequantize(select(cache.k), select(cache.k_scale), cache.read_dtype),
-        dequantize(select(cache.v), select(cache.v_scale), cache.read_dtype),
+        dequantize_from_cache(select(cache.k), select(cache.k_scale), cache.read_dtype),
+        dequantize_from_cache(select(cache.v), select(cache.v_scale), cache.read_dtype),
     )
 
 
