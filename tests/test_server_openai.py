@@ -324,3 +324,6 @@ def test_models_tokenize_health_and_metrics(client, server, hf_tokenizer):
     assert metrics["tome_time_per_output_token_seconds_count"] >= 1
     assert 0 < metrics["tome_prefix_cache_hit_rate"] <= 1
     assert "tome_kv_cache_usage_ratio" in metrics
+    # The server runs without host or disk tiers: device hits only.
+    assert metrics['tome_kv_tier{counter="device_hit_tokens"}'] > 0
+    assert metrics['tome_kv_tier{counter="host_hit_tokens"}'] == 0

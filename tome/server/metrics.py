@@ -2,11 +2,12 @@
 as in tests, never collide). Engine gauges are read from the engine's counters when
 scraped; the server never looks further into the engine than that."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tome.engine.engine import Engine
+from tome.engine.kv_tiers import KVTierStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5)
@@ -21,6 +22,7 @@ class EngineSnapshot:
     prefix_queries: int
     prefix_hits: int
     preemptions: int
+    kv_tiers: KVTierStats
 
     @property
     def kv_usage(self) -> float:
@@ -42,6 +44,7 @@ def read_snapshot(engine: Engine) -> EngineSnapshot:
         prefix_queries=blocks.prefix_queries,
         prefix_hits=blocks.prefix_hits,
         preemptions=scheduler.num_preemptions,
+        kv_tiers=engine.kv_tier_stats(),
     )
 
 
@@ -79,6 +82,13 @@ class ServerMetrics:
             "tome_prefix_cache_hit_rate", "Prompt tokens found in the prefix cache.", registry=r
         )
         self.preemptions = Gauge("tome_preemptions", "Requests preempted since start.", registry=r)
+        self.kv_tiers = Gauge(
+            "tome_kv_tier",
+            "Prefix-cache traffic per KV tier since start: hit tokens (device, host, disk) "
+            "and bytes copied to and from the host and disk tiers.",
+            ["counter"],
+            registry=r,
+        )
 
     def count_request(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -94,4 +104,6 @@ class ServerMetrics:
         self.kv_usage.set(snapshot.kv_usage)
         self.prefix_hit_rate.set(snapshot.prefix_hit_rate)
         self.preemptions.set(snapshot.preemptions)
+        for name, value in asdict(snapshot.kv_tiers).items():
+            self.kv_tiers.labels(name).set(value)
         return generate_latest(self.registry)
