@@ -15,6 +15,7 @@
     max_context_tokens = 8192
     daily_token_quota = 200000
     max_queue_wait_seconds = 20    # overload: refuse new requests (503) past this wait
+    max_upload_bytes = 10485760    # /v1/files: 413 past it (left out: the extraction limit)
 
 A limit left out is no limit."""
 
@@ -36,6 +37,7 @@ class Tier:
     max_context_tokens: int | None = None
     daily_token_quota: int | None = None
     max_queue_wait_seconds: float | None = None
+    max_upload_bytes: int | None = None
 
 
 @dataclass(frozen=True)

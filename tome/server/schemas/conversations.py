@@ -1,0 +1,171 @@
+"""/v1/conversations: request bodies (checked at the boundary) and the records returned."""
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from tome.server.schemas.common import StrictModel
+from tome.store.conversations import AttachmentRecord, ConversationRecord, MessageRecord
+
+MAX_TITLE_CHARS = 200
+MAX_MESSAGE_CHARS = 2_000_000  # a pasted chapter fits; a whole library does not
+MAX_CITATIONS = 200
+MAX_URL_CHARS = 2048
+
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)
+]
+FileId = Annotated[str, StringConstraints(pattern=r"^file-[A-Za-z0-9_-]{1,64}$")]
+
+
+class NewConversation(StrictModel):
+    title: Title | None = None
+
+
+class RenameConversation(StrictModel):
+    title: Title
+
+
+class Citation(BaseModel):
+    """What an answer's [n] points at: a file or URL, and the section and page within it."""
+
+    number: Annotated[int, Field(ge=1)]
+    source_id: Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
+    source_title: Annotated[str, Field(max_length=500)] = ""
+    section_title: Annotated[str, Field(max_length=500)] | None = None
+    page: Annotated[int, Field(ge=1)] | None = None
+
+
+class AnswerMetadata(BaseModel):
+    """How an assistant answer was made: the whole documents in the window ("full") or
+    retrieved passages ("retrieval"), the window's tokens it took, and its citations."""
+
+    mode: Literal["full", "retrieval"]
+    window_tokens: Annotated[int, Field(ge=0)] | None = None
+    citations: Annotated[list[Citation], Field(max_length=MAX_CITATIONS)] = []
+
+
+class NewMessage(StrictModel):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
+    metadata: AnswerMetadata | None = None
+
+    @model_validator(mode="after")
+    def _metadata_on_answers_only(self) -> "NewMessage":
+        if self.metadata is not None and self.role != "assistant":
+            raise ValueError("metadata: only assistant messages carry it")
+        return self
+
+
+class NewAttachment(StrictModel):
+    """A file uploaded through /v1/files (by id), or a URL."""
+
+    kind: Literal["file", "url"]
+    file_id: FileId | None = None
+    url: Annotated[str, Field(max_length=MAX_URL_CHARS)] | None = None
+    title: Annotated[str, Field(max_length=500)] = ""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "NewAttachment":
+        if self.kind == "file" and (self.file_id is None or self.url is not None):
+            raise ValueError("a file attachment needs file_id (and no url)")
+        if self.kind == "url":
+            if self.url is None or self.file_id is not None:
+                raise ValueError("a url attachment needs url (and no file_id)")
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("url: must be an http or https URL")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.file_id if self.kind == "file" else self.url
+
+
+def unix_time(moment: datetime) -> int:
+    """Stored times are naive UTC; the API speaks Unix seconds, as OpenAI does."""
+    return int(moment.replace(tzinfo=UTC).timestamp())
+
+
+class Message(BaseModel):
+    id: str
+    object: Literal["conversation.message"] = "conversation.message"
+    role: str
+    content: str
+    metadata: AnswerMetadata | None
+    created_at: int
+
+    @classmethod
+    def of(cls, record: MessageRecord) -> "Message":
+        return cls(
+            id=record.id,
+            role=record.role,
+            content=record.content,
+            metadata=record.metadata,
+            created_at=unix_time(record.created_at),
+        )
+
+
+class Attachment(BaseModel):
+    id: str
+    object: Literal["conversation.attachment"] = "conversation.attachment"
+    kind: str
+    file_id: str | None
+    url: str | None
+    title: str
+    created_at: int
+
+    @classmethod
+    def of(cls, record: AttachmentRecord) -> "Attachment":
+        is_file = record.kind == "file"
+        return cls(
+            id=record.id,
+            kind=record.kind,
+            file_id=record.target if is_file else None,
+            url=None if is_file else record.target,
+            title=record.title,
+            created_at=unix_time(record.created_at),
+        )
+
+
+class Conversation(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    title: str
+    created_at: int
+    updated_at: int
+
+
+class ConversationDetail(Conversation):
+    messages: list[Message]
+    attachments: list[Attachment]
+
+
+class ConversationList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Conversation]
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: Literal[True] = True
+
+
+def summary_of(record: ConversationRecord) -> Conversation:
+    return Conversation(
+        id=record.id,
+        title=record.title,
+        created_at=unix_time(record.created_at),
+        updated_at=unix_time(record.updated_at),
+    )
+
+
+def detail_of(record: ConversationRecord) -> ConversationDetail:
+    return ConversationDetail(
+        **summary_of(record).model_dump(),
+        messages=[Message.of(m) for m in record.messages],
+        attachments=[Attachment.of(a) for a in record.attachments],
+    )
