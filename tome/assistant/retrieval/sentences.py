@@ -17,6 +17,7 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _WRAP_BETWEEN_CJK = re.compile(rf"(?<=[{_CJK_CHARS}])[ \t]*\n\s*(?=[{_CJK_CHARS}])")
 _WRAP = re.compile(r"\s*\n\s*")
 _LAST_WORD = re.compile(r"(\S+)$")
+_WORD_WINDOW = 64  # characters before a period in which its word is looked for
 
 # Words whose period rarely ends a sentence; compared lowercased, without the final period.
 _ABBREVIATIONS = frozenset(
@@ -85,7 +86,10 @@ def _ends_sentence(paragraph: str, match: re.Match) -> bool:
     if following[:1].islower():
         return False
     if match.group().startswith(".") and not match.group().startswith(".."):
-        previous = _LAST_WORD.search(paragraph[: match.start()])
+        # Only the text just before the period: searching the whole paragraph up to
+        # here at every period would cost the square of the paragraph's length.
+        window = paragraph[max(0, match.start() - _WORD_WINDOW) : match.start()]
+        previous = _LAST_WORD.search(window)
         word = previous.group(1).lstrip("\"'(“‘[").lower() if previous else ""
         if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
             return False
