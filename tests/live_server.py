@@ -11,7 +11,16 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tome.store import Database, KeyStore
+
 STARTUP_TIMEOUT_S = 180  # imports and model load on two busy cores
+
+
+def create_keys(data_dir: Path, tier: str, *names: str) -> dict[str, str]:
+    """API keys by name, made in the data dir's database before a server starts there, so
+    that it runs in keyed mode."""
+    store = KeyStore(Database(f"sqlite:///{data_dir / 'tome.db'}"))
+    return {name: store.create(tier, name=name)[0] for name in names}
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, create_keys
 from tome.store import ConversationNotFoundError, ConversationStore, Database, KeyStore
 
 QUESTION_ZH = "这本书的主角是谁？请引用原文。"
@@ -33,9 +33,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keys(data_dir) -> dict[str, str]:
-    """Two keys made before the server starts, so it runs in keyed mode."""
-    store = KeyStore(Database(f"sqlite:///{data_dir / 'tome.db'}"))
-    return {name: store.create("pro", name=name)[0] for name in ("alice", "bob")}
+    return create_keys(data_dir, "pro", "alice", "bob")
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ import openai
 import pytest
 from reportlab.pdfgen import canvas
 
-from tests.live_server import LiveServer
-from tome.store import Database, KeyStore
+from tests.live_server import LiveServer, create_keys
 
 UPLOAD_LIMIT = 200_000
 TIERS = f"""
@@ -37,9 +36,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keys(data_dir) -> dict[str, str]:
-    """Made before the server starts, so the server requires keys."""
-    store = KeyStore(Database(f"sqlite:///{data_dir / 'tome.db'}"))
-    return {name: store.create("reader", name=name)[0] for name in ("alice", "bob")}
+    return create_keys(data_dir, "reader", "alice", "bob")
 
 
 @pytest.fixture(scope="module")
