@@ -106,12 +106,33 @@ def test_tiers_toml(tmp_path):
     assert settings.prices == Prices(prompt=1.0)
     assert settings.database_url == "sqlite:///x.db"
     assert load_settings(None).tiers == DEFAULT_TIERS
+    assert load_settings(None).search_url is None
+
+
+def test_web_settings_toml(tmp_path):
+    path = tmp_path / "web.toml"
+    path.write_text(
+        '[web]\nsearch_url = "http://searx.internal:8888"\n'
+        'allowed_private_hosts = ["Wiki.Internal"]\ntimeout_seconds = 3\n'
+    )
+    settings = load_settings(path)
+    assert settings.search_url == "http://searx.internal:8888"
+    assert settings.web.private_allowed_for("wiki.internal")
+    assert not settings.web.private_allowed_for("other.internal")
+    assert settings.web.timeout_seconds == 3
+
+
+def test_bad_settings_are_one_clear_error(tmp_path):
+    path = tmp_path / "bad.toml"
     for text, hint in [
         ("[tiers.a]\nrequests_per_minute = 0\n", "positive"),
         ("[tiers.a]\npriority = 1.5\n", "integer"),
         ("[prices]\nprompt = -1\n", ">= 0"),
         ("tiers = 3\n", "[tiers.NAME]"),
         ("[tiers.a\n", "cannot read"),
+        ("[web]\nsearch_engine = 1\n", "unknown setting 'search_engine'"),
+        ("[web]\ntimeout_seconds = 0\n", "positive"),
+        ('[web]\nallowed_private_hosts = "wiki"\n', "list of host names"),
     ]:
         path.write_text(text)
         with pytest.raises(ServerConfigError, match=hint.replace("[", r"\[").replace(".", r"\.")):

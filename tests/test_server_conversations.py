@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.live_server import LiveServer, create_keys
+from tests.web_pages_server import PagesServer
 from tome.store import ConversationNotFoundError, ConversationStore, Database, KeyStore
 
 QUESTION_ZH = "这本书的主角是谁？请引用原文。"
@@ -37,8 +38,19 @@ def keys(data_dir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def pages():
+    server = PagesServer()
+    server.thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
 def server(tiny_llama, data_dir, keys):
-    live = LiveServer(tiny_llama, data_dir, "--kv-cache-memory", "1MiB")
+    config = data_dir / "tome.toml"
+    config.write_text('[web]\nallowed_private_hosts = ["127.0.0.1"]\n')
+    live = LiveServer(tiny_llama, data_dir, "--config", str(config), "--kv-cache-memory", "1MiB")
     yield live
     live.stop()
 
@@ -77,7 +89,7 @@ def listed_ids(client: httpx.Client) -> list[str]:
     return [c["id"] for c in body["data"]]
 
 
-def filled_conversation(client: httpx.Client) -> str:
+def filled_conversation(client: httpx.Client, pages: PagesServer) -> str:
     """A conversation with a system prompt, a Chinese question, a cited answer, a file and
     a URL attached."""
     conversation_id = ok(client.post("/conversations", json={"title": "读红楼梦"}))["id"]
@@ -92,9 +104,11 @@ def filled_conversation(client: httpx.Client) -> str:
     ]
     for turn in turns:
         ok(client.post(f"/conversations/{conversation_id}/messages", json=turn))
+    files = {"file": ("红楼梦.txt", "满纸荒唐言，一把辛酸泪。".encode("gb18030"))}
+    uploaded = ok(client.post("/files", files=files, data={"purpose": "file-extract"}))
     attachments = [
-        {"kind": "file", "file_id": "file-hongloumeng", "title": "红楼梦.pdf"},
-        {"kind": "url", "url": "https://example.org/garden", "title": "Grand View Garden"},
+        {"kind": "file", "file_id": uploaded["id"], "title": "红楼梦.pdf"},
+        {"kind": "url", "url": f"{pages.base_url}/english", "title": "Grand View Garden"},
     ]
     for attachment in attachments:
         ok(client.post(f"/conversations/{conversation_id}/attachments", json=attachment))
@@ -121,8 +135,8 @@ def test_create_list_and_rename(alice):
     assert listed_ids(alice)[0] == second["id"]
 
 
-def test_messages_and_attachments_are_kept_in_order(alice):
-    conversation_id = filled_conversation(alice)
+def test_messages_and_attachments_are_kept_in_order(alice, pages):
+    conversation_id = filled_conversation(alice, pages)
     detail = ok(alice.get(f"/conversations/{conversation_id}"))
     assert detail["title"] == "读红楼梦"
     roles = [m["role"] for m in detail["messages"]]
@@ -134,14 +148,18 @@ def test_messages_and_attachments_are_kept_in_order(alice):
     assert answer["metadata"]["window_tokens"] == 3100
     sent = {c["number"]: c for c in CITATIONS}
     for citation in answer["metadata"]["citations"]:
-        assert {k: v for k, v in citation.items() if v is not None} == sent[citation["number"]]
+        assert {k: v for k, v in citation.items() if v not in (None, "")} == sent[
+            citation["number"]
+        ]
 
     file, url = detail["attachments"]
-    assert (file["kind"], file["file_id"], file["url"]) == ("file", "file-hongloumeng", None)
-    assert file["title"] == "红楼梦.pdf"
-    assert (url["kind"], url["url"], url["file_id"]) == ("url", "https://example.org/garden", None)
+    assert (file["kind"], file["url"], file["title"]) == ("file", None, "红楼梦.pdf")
+    assert file["file_id"].startswith("file-") and file["tokens"] > 0
+    assert (url["kind"], url["url"]) == ("url", f"{pages.base_url}/english")
+    assert url["file_id"].startswith("file-") and url["file_id"] != file["file_id"]
+    assert "Call me Ishmael" in alice.get(f"/files/{url['file_id']}/content").text
 
-    again = {"kind": "url", "url": "https://example.org/garden"}
+    again = {"kind": "url", "url": f"{pages.base_url}/english"}
     assert (
         ok(alice.post(f"/conversations/{conversation_id}/attachments", json=again))["id"]
         == (url["id"])
@@ -154,8 +172,8 @@ def test_messages_and_attachments_are_kept_in_order(alice):
     assert error_of(gone, 404)["code"] == "attachment_not_found"
 
 
-def test_export_json_is_the_full_record(alice):
-    conversation_id = filled_conversation(alice)
+def test_export_json_is_the_full_record(alice, pages):
+    conversation_id = filled_conversation(alice, pages)
     response = alice.get(f"/conversations/{conversation_id}/export", params={"format": "json"})
     assert response.headers["content-type"].startswith("application/json")
     assert f"{conversation_id}.json" in response.headers["content-disposition"]
@@ -164,8 +182,8 @@ def test_export_json_is_the_full_record(alice):
     assert exported["messages"][1]["content"] == QUESTION_ZH
 
 
-def test_export_markdown_has_title_turns_and_citations(alice):
-    conversation_id = filled_conversation(alice)
+def test_export_markdown_has_title_turns_and_citations(alice, pages):
+    conversation_id = filled_conversation(alice, pages)
     response = alice.get(f"/conversations/{conversation_id}/export")
     assert response.headers["content-type"].startswith("text/markdown")
     lines = response.text.splitlines()
@@ -185,11 +203,11 @@ def test_export_markdown_has_title_turns_and_citations(alice):
     assert "- [1] 红楼梦, 第三回, p. 12 (`file-hongloumeng`)" in answer.splitlines()
     assert "- [2] Grand View Garden (`https://example.org/garden`)" in answer.splitlines()
     preamble = "\n".join(lines[: lines.index("## System")])
-    assert "红楼梦.pdf" in preamble and "(https://example.org/garden)" in preamble
+    assert "红楼梦.pdf" in preamble and f"({pages.base_url}/english)" in preamble
 
 
-def test_delete(alice):
-    conversation_id = filled_conversation(alice)
+def test_delete(alice, pages):
+    conversation_id = filled_conversation(alice, pages)
     deleted = ok(alice.delete(f"/conversations/{conversation_id}"))
     assert deleted == {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
     assert conversation_id not in listed_ids(alice)
@@ -199,8 +217,8 @@ def test_delete(alice):
     error_of(alice.delete(f"/conversations/{conversation_id}"), 404)
 
 
-def test_another_key_sees_nothing(alice, bob):
-    conversation_id = filled_conversation(alice)
+def test_another_key_sees_nothing(alice, bob, pages):
+    conversation_id = filled_conversation(alice, pages)
     path = f"/conversations/{conversation_id}"
     assert conversation_id not in listed_ids(bob)
     attempts = [

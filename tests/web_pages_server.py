@@ -183,6 +183,21 @@ def searxng(handler, query):
     handler.send_body(200, "application/json", body)
 
 
+def local_search(handler, query):
+    """SearXNG-format results that point at this server's own pages; 503 while the
+    server's `search_down` is set, as an instance under maintenance answers."""
+    if handler.server.search_down:
+        handler.send_body(503, "text/html", b"<html>Service Unavailable</html>")
+        return
+    base = handler.server.base_url
+    results = [
+        {"url": f"{base}/english", "title": "Loomings", "content": "Call me Ishmael."},
+        {"url": f"{base}/gone", "title": "A page that is gone", "content": "Whales sing."},
+    ]
+    body = json.dumps({"query": query["q"][0], "results": results}).encode()
+    handler.send_body(200, "application/json", body)
+
+
 def searxng_forbidden(handler, query):
     handler.send_body(403, "text/html", b"<html>403 Forbidden</html>")
 
@@ -207,6 +222,7 @@ ROUTES = {
     "/slow": slow,
     "/drip": drip,
     "/search": searxng,
+    "/local/search": local_search,
     "/forbidden/search": searxng_forbidden,
     "/broken/search": searxng_broken,
 }
@@ -220,6 +236,7 @@ class PagesServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), PagesHandler)
         self.requests: list[tuple[str, dict]] = []
+        self.search_down = False
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     def handle_error(self, request, client_address):

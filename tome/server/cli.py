@@ -63,6 +63,9 @@ def serve(
     disk_kv_cache_dir: DiskKVDirOption = None,
     disk_kv_cache_memory: DiskKVMemoryOption = "16GiB",
     max_num_seqs: Annotated[int, typer.Option(help="Most requests computed at once.")] = 64,
+    search_url: Annotated[
+        str | None, typer.Option(help="A SearXNG instance for the assistant's web search.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
     """An OpenAI-compatible HTTP server (chat, completions, models, tokenize, metrics)."""
@@ -73,7 +76,15 @@ def serve(
         engine = engine_config(
             model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
         )
-        server = ServerConfig(host, port, config, database_url, served_model_name, log_level)
+        server = ServerConfig(
+            host,
+            port,
+            config,
+            database_url,
+            served_model_name,
+            search_url=search_url,
+            log_level=log_level,
+        )
         tiers = dict(
             host_kv_cache_memory=parse_size(host_kv_cache_memory) if host_kv_cache_memory else 0,
             disk_kv_cache_dir=disk_kv_cache_dir,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from tome.assistant.web import SearxngSearch
 from tome.engine.async_engine import AsyncEngine
 from tome.engine.config import EngineConfig
 from tome.loader.default_model import embedded_model_path
@@ -30,6 +31,7 @@ class ServerConfig:
     config_path: Path | None = None  # tiers and prices (TOML); None: the defaults
     database_url: str | None = None  # None: the config's, else the SQLite file
     served_model_name: str | None = None  # None: from the model's file or folder name
+    search_url: str | None = None  # SearXNG for web search; None: the config's, if any
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ def build_state(engine_config: EngineConfig, config: ServerConfig) -> ServerStat
     for key in active:
         if key.tier not in settings.tiers:
             logger.warning("key %d has tier %r, which is not configured", key.id, key.tier)
+    search_url = config.search_url or settings.search_url
+    search = SearxngSearch(search_url, settings.web) if search_url else None
     engine = AsyncEngine(engine_config)
     return ServerState(
         engine=engine,
@@ -81,6 +85,7 @@ def build_state(engine_config: EngineConfig, config: ServerConfig) -> ServerStat
         model_name=config.served_model_name or served_model_name(engine_config.model),
         max_model_len=engine.engine.max_model_len,
         open_mode=not active,
+        search=search,
     )
 
 

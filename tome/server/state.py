@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
+from tome.assistant.web import SearchProvider
 from tome.engine.async_engine import AsyncEngine
 from tome.loader.tokenizer import Tokenizer
 from tome.server.format_logprobs import TokenTexts
@@ -36,6 +37,7 @@ class ServerState:
     model_name: str
     max_model_len: int
     open_mode: bool  # no keys: one local user, no limits
+    search: SearchProvider | None = None  # web search for the assistant; None: off
     keys: KeyStore = field(init=False)
     usage: UsageStore = field(init=False)
     ledger: UsageLedger = field(init=False)

@@ -17,6 +17,12 @@
     max_queue_wait_seconds = 20    # overload: refuse new requests (503) past this wait
     max_upload_bytes = 10485760    # /v1/files: 413 past it (left out: the extraction limit)
 
+    [web]                          # the reading assistant's page fetches and web search
+    search_url = "http://127.0.0.1:8888"   # a SearXNG instance (JSON format enabled)
+    allowed_private_hosts = ["wiki.internal"]   # fetchable though private
+    timeout_seconds = 10
+    max_bytes = 20971520
+
 A limit left out is no limit."""
 
 import math
@@ -24,6 +30,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from tome.assistant.web import WebConfig
+from tome.errors import TomeError
 from tome.server.errors import ServerConfigError
 
 
@@ -80,6 +88,8 @@ class ServerSettings:
     tiers: dict[str, Tier] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     prices: Prices = field(default_factory=Prices)
     database_url: str | None = None
+    web: WebConfig = field(default_factory=WebConfig)
+    search_url: str | None = None  # a SearXNG instance; None: no web search
 
     def tier(self, name: str) -> Tier:
         if name not in self.tiers:
@@ -96,12 +106,31 @@ def load_settings(path: Path | None) -> ServerSettings:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ServerConfigError(f"cannot read the server config {path}: {exc}") from exc
-    _check_keys(data, {"tiers", "prices", "database_url"}, str(path))
+    _check_keys(data, {"tiers", "prices", "database_url", "web"}, str(path))
+    web = data.get("web", {})
+    if not isinstance(web, dict):
+        raise ServerConfigError("[web] must be a table")
+    web = dict(web)
     return ServerSettings(
         tiers=_tiers(data.get("tiers")),
         prices=_prices(data.get("prices", {})),
         database_url=_optional_str(data.get("database_url"), "database_url"),
+        search_url=_optional_str(web.pop("search_url", None), "[web] search_url"),
+        web=_web_config(web),
     )
+
+
+def _web_config(table: dict) -> WebConfig:
+    allowed = {f.name for f in fields(WebConfig)} - {"user_agent"}
+    _check_keys(table, allowed, "[web]")
+    hosts = table.get("allowed_private_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(host, str) for host in hosts):
+        raise ServerConfigError("[web] allowed_private_hosts must be a list of host names")
+    table["allowed_private_hosts"] = tuple(hosts)
+    try:
+        return WebConfig(**table)
+    except (TomeError, TypeError) as exc:
+        raise ServerConfigError(f"[web]: {exc}") from exc
 
 
 def _tiers(tables: object) -> dict[str, Tier]:

@@ -10,7 +10,7 @@ from tome.errors import InvalidRequestError
 from tome.server.limits import Caller
 from tome.server.schemas.files import FILE_EXTRACT
 from tome.server.state import ServerState
-from tome.store import ExtractedFile, FileRecord, FileStore
+from tome.store import ExtractedFile, FileRecord, FileStore, StoredSection
 from tome.store.database import data_dir
 from tome.store.files import content_hash
 
@@ -49,9 +49,16 @@ async def store_upload(
     if existing is not None:
         return existing
     document = await asyncio.to_thread(extract, data, filename, upload_limits(caller))
+    return await store_document(server, caller, data, document, purpose)
+
+
+async def store_document(
+    server: ServerState, caller: Caller, data: bytes, document: Document, purpose: str
+) -> FileRecord:
+    """Keep an extracted document (an upload, or a fetched web page) for the caller."""
     tokens = await server.tokenize(_token_count, server, document.text)
-    extracted = _extracted(document, filename, purpose, tokens)
-    return await asyncio.to_thread(store.add, caller.key_id, data, extracted)
+    extracted = _extracted(document, document.filename, purpose, tokens)
+    return await asyncio.to_thread(file_store(server).add, caller.key_id, data, extracted)
 
 
 def _token_count(server: ServerState, text: str) -> int:
@@ -65,7 +72,7 @@ def _extracted(document: Document, filename: str, purpose: str, tokens: int) -> 
         purpose=purpose,
         title=document.title,
         media_type=document.media_type,
-        sections=len(document.sections),
+        sections=[StoredSection(s.title, s.text, s.page) for s in document.sections],
         pages=len(pages) or None,
         text=document.text,
         tokens=tokens,

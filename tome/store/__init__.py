@@ -4,7 +4,13 @@
 
 from tome.store.conversations import ConversationNotFoundError, ConversationStore
 from tome.store.database import Database, default_database_url
-from tome.store.files import ExtractedFile, FileRecord, FileStore, UnknownFileError
+from tome.store.files import (
+    ExtractedFile,
+    FileRecord,
+    FileStore,
+    StoredSection,
+    UnknownFileError,
+)
 from tome.store.keys import KeyInfo, KeyStore
 from tome.store.usage import UsageEntry, UsageStore, UsageTotals
 
@@ -17,6 +23,7 @@ __all__ = [
     "FileStore",
     "KeyInfo",
     "KeyStore",
+    "StoredSection",
     "UnknownFileError",
     "UsageEntry",
     "UsageStore",

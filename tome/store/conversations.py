@@ -11,11 +11,13 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
+from tome.errors import InvalidRequestError
 from tome.store.database import Database
 from tome.store.errors import StoreError
 from tome.store.models import Base, utc_now
 
 DEFAULT_TITLE = "New conversation"
+TITLE_CHARS = 60  # of a first question, as a conversation's title
 
 
 class ConversationNotFoundError(StoreError):
@@ -70,6 +72,9 @@ class AttachmentRow(Base):
     )
     kind: Mapped[str] = mapped_column(String(8))  # file or url
     target: Mapped[str] = mapped_column(Text)  # a file id ("file-...") or a URL
+    # The stored text: the file itself, or the page fetched when the URL was attached.
+    file_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    tokens: Mapped[int] = mapped_column(default=0)
     title: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
@@ -88,6 +93,8 @@ class AttachmentRecord:
     id: str
     kind: str
     target: str
+    file_id: str | None
+    tokens: int
     title: str
     created_at: datetime
 
@@ -158,26 +165,56 @@ class ConversationStore:
         content: str,
         metadata: dict[str, Any] | None = None,
     ) -> MessageRecord:
+        """Append a message; a conversation still untitled is named after its first question."""
         with self.database.session() as session, session.begin():
             conversation = _owned_row(session, owner, conversation_id)
+            if role == "user" and conversation.title == DEFAULT_TITLE and not conversation.messages:
+                conversation.title = _title_of(content)
             row = MessageRow(id=new_id("msg"), role=role, content=content, answer_metadata=metadata)
             conversation.messages.append(row)
             conversation.updated_at = row.created_at = utc_now()
             return _message(row)
 
     def attach(
-        self, owner: int | None, conversation_id: str, kind: str, target: str, title: str = ""
+        self,
+        owner: int | None,
+        conversation_id: str,
+        kind: str,
+        target: str,
+        title: str = "",
+        stored_as: tuple[str, int] | None = None,
     ) -> AttachmentRecord:
-        """Attach a file id or a URL; attaching the same one again returns the first."""
+        """Attach a file id or a URL, with the id and token count of the stored text when
+        known (`stored_as`); attaching the same one again returns the first."""
         with self.database.session() as session, session.begin():
             conversation = _owned_row(session, owner, conversation_id)
             for existing in conversation.attachments:
                 if existing.kind == kind and existing.target == target:
                     return _attachment(existing)
-            row = AttachmentRow(id=new_id("att"), kind=kind, target=target, title=title)
+            file_id, tokens = stored_as or (None, 0)
+            row = AttachmentRow(
+                id=new_id("att"),
+                kind=kind,
+                target=target,
+                file_id=file_id,
+                tokens=tokens,
+                title=title,
+            )
             conversation.attachments.append(row)
             conversation.updated_at = row.created_at = utc_now()
             return _attachment(row)
+
+    def remove_last_answer(self, owner: int | None, conversation_id: str) -> MessageRecord:
+        """Delete the answer after the last question (to answer it again); the question."""
+        with self.database.session() as session, session.begin():
+            conversation = _owned_row(session, owner, conversation_id)
+            messages = conversation.messages
+            if messages and messages[-1].role == "assistant":
+                conversation.messages.remove(messages[-1])
+            if not messages or messages[-1].role != "user":
+                raise InvalidRequestError("this conversation has no question to answer again")
+            conversation.updated_at = utc_now()
+            return _message(messages[-1])
 
     def detach(self, owner: int | None, conversation_id: str, attachment_id: str) -> None:
         with self.database.session() as session, session.begin():
@@ -189,6 +226,11 @@ class ConversationStore:
                 )
             conversation.attachments.remove(row)
             conversation.updated_at = utc_now()
+
+
+def _title_of(question: str) -> str:
+    first_line = question.strip().splitlines()[0] if question.strip() else DEFAULT_TITLE
+    return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
 
 
 def _owned_by(owner: int | None):
@@ -220,4 +262,6 @@ def _message(row: MessageRow) -> MessageRecord:
 
 
 def _attachment(row: AttachmentRow) -> AttachmentRecord:
-    return AttachmentRecord(row.id, row.kind, row.target, row.title, row.created_at)
+    return AttachmentRecord(
+        row.id, row.kind, row.target, row.file_id, row.tokens, row.title, row.created_at
+    )

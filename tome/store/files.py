@@ -3,6 +3,7 @@ however many keys upload them), and one row per key and content in the `files` t
 same bytes uploaded twice by one key are one file). A key sees only its own files."""
 
 import hashlib
+import json
 import os
 import tempfile
 import uuid
@@ -52,6 +53,15 @@ class FileRow(Base):
 
 
 @dataclass(frozen=True)
+class StoredSection:
+    """A section of an extracted file, kept so that citations can name it and its page."""
+
+    title: str | None
+    text: str
+    page: int | None = None
+
+
+@dataclass(frozen=True)
 class ExtractedFile:
     """What extraction learned of an upload, to be stored with it."""
 
@@ -59,7 +69,7 @@ class ExtractedFile:
     purpose: str
     title: str
     media_type: str
-    sections: int
+    sections: list[StoredSection]
     pages: int | None
     text: str
     tokens: int
@@ -104,6 +114,8 @@ class FileStore:
             return existing
         _write_once(self._blob_path(sha256), data)
         _write_once(self._text_path(sha256), extracted.text.encode())
+        sections = [vars(section) for section in extracted.sections]
+        _write_once(self._sections_path(sha256), json.dumps(sections, ensure_ascii=False).encode())
         row = FileRow(
             id=FILE_ID_PREFIX + uuid.uuid4().hex[:24],
             key_id=key_id,
@@ -113,7 +125,7 @@ class FileStore:
             bytes=len(data),
             title=extracted.title,
             media_type=extracted.media_type,
-            sections=extracted.sections,
+            sections=len(extracted.sections),
             pages=extracted.pages,
             characters=len(extracted.text),
             tokens=extracted.tokens,
@@ -141,6 +153,14 @@ class FileStore:
         record = self.get(key_id, file_id)
         return self._text_path(record.sha256).read_text(encoding="utf-8")
 
+    def sections(self, key_id: int | None, file_id: str) -> list[StoredSection]:
+        """The extracted sections, as stored at upload, in order."""
+        record = self.get(key_id, file_id)
+        path = self._sections_path(record.sha256)
+        if not path.exists():  # stored before sections were kept: the text is one section
+            return [StoredSection(None, self.text(key_id, file_id))]
+        return [StoredSection(**section) for section in json.loads(path.read_text("utf-8"))]
+
     def delete(self, key_id: int | None, file_id: str) -> None:
         """Remove the caller's row; the bytes and text go with the last row that names them."""
         with self.database.session() as session, session.begin():
@@ -152,6 +172,7 @@ class FileStore:
         if not still_used:
             self._blob_path(sha256).unlink(missing_ok=True)
             self._text_path(sha256).unlink(missing_ok=True)
+            self._sections_path(sha256).unlink(missing_ok=True)
 
     def _owned_row(self, session, key_id: int | None, file_id: str) -> FileRow:
         row = session.get(FileRow, file_id)
@@ -164,6 +185,9 @@ class FileStore:
 
     def _text_path(self, sha256: str) -> Path:
         return self.directory / f"{sha256}.txt"
+
+    def _sections_path(self, sha256: str) -> Path:
+        return self.directory / f"{sha256}.sections.json"
 
 
 def _owned_by(key_id: int | None):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from tome.assistant.retrieval.chunking import Passage
 
+EXCERPT_CHARS = 1000
 _CITATION = re.compile(r"\[(\d+(?:\s*[,，]\s*\d+)*)\]")
 
 
@@ -25,6 +26,7 @@ class Citation:
     source_title: str
     section_title: str | None
     page: int | None
+    excerpt: str = ""  # the passage's text, for a person to check the answer against
 
     @property
     def label(self) -> str:
@@ -55,7 +57,11 @@ def format_context(hits: list[Hit]) -> CitedContext:
     for hit in sorted(hits, key=lambda hit: hit.citation_number):
         passage = hit.passage
         citation = Citation(
-            passage.source_id, passage.source_title, passage.section_title, passage.page
+            passage.source_id,
+            passage.source_title,
+            passage.section_title,
+            passage.page,
+            passage.text[:EXCERPT_CHARS],
         )
         citations[hit.citation_number] = citation
         blocks.append(f"[{hit.citation_number}] ({citation.label}) {passage.text}")

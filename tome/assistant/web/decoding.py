@@ -2,13 +2,15 @@
 
 Order, as browsers do it: a byte-order mark, the Content-Type header's charset, an HTML
 <meta> charset; a declared charset is used only if the bytes decode with it cleanly
-(Chinese pages labelled gb2312 while really UTF-8 are common). Otherwise
-charset-normalizer guesses from the bytes."""
+(Chinese pages labelled gb2312 while really UTF-8 are common). Otherwise the bytes are
+decoded as an uploaded text file would be (UTF-8, then GB18030 or Big5, then
+charset-normalizer's guess)."""
 
 import codecs
 import re
 
-from charset_normalizer import from_bytes
+from tome.assistant.documents import DocumentError
+from tome.assistant.documents.text_encoding import decode_text
 
 META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 META_SCAN_BYTES = 4096
@@ -59,8 +61,9 @@ def decode_page(body: bytes, header_charset: str | None, is_html: bool) -> tuple
             return body.decode(codec), codec
         except UnicodeDecodeError:
             continue
-    guess = from_bytes(body).best()
-    if guess is not None:
-        return str(guess), guess.encoding
+    try:
+        return decode_text(body, "the page")
+    except DocumentError:
+        pass
     fallback = declared[0] if declared else "utf-8"
     return body.decode(fallback, errors="replace"), fallback

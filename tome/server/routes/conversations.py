@@ -8,6 +8,7 @@ from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from tome.server.attachments import store_attachment
 from tome.server.auth import authenticate
 from tome.server.conversation_export import conversation_markdown
 from tome.server.limits import Caller
@@ -88,9 +89,18 @@ async def add_message(conversation_id: str, body: NewMessage, store: Store) -> M
 
 
 @router.post("/{conversation_id}/attachments")
-async def attach(conversation_id: str, body: NewAttachment, store: Store) -> Attachment:
+async def attach(
+    conversation_id: str, body: NewAttachment, store: Store, request: Request, caller: Authenticated
+) -> Attachment:
+    await store.run(ConversationStore.get, conversation_id)  # 404 before fetching anything
+    stored = await store_attachment(server_state(request), caller, body)
     record = await store.run(
-        ConversationStore.attach, conversation_id, body.kind, body.target, body.title
+        ConversationStore.attach,
+        conversation_id,
+        body.kind,
+        body.target,
+        stored.title,
+        (stored.file_id, stored.tokens),
     )
     return Attachment.of(record)
 

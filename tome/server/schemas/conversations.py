@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
+from tome.server.markdown_render import render_markdown
 from tome.server.schemas.common import StrictModel
 from tome.store.conversations import AttachmentRecord, ConversationRecord, MessageRecord
 
@@ -13,6 +14,7 @@ MAX_TITLE_CHARS = 200
 MAX_MESSAGE_CHARS = 2_000_000  # a pasted chapter fits; a whole library does not
 MAX_CITATIONS = 200
 MAX_URL_CHARS = 2048
+MAX_EXCERPT_CHARS = 4000
 
 Title = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)
@@ -36,15 +38,26 @@ class Citation(BaseModel):
     source_title: Annotated[str, Field(max_length=500)] = ""
     section_title: Annotated[str, Field(max_length=500)] | None = None
     page: Annotated[int, Field(ge=1)] | None = None
+    excerpt: Annotated[str, Field(max_length=MAX_EXCERPT_CHARS)] = ""
+
+
+class Usage(BaseModel):
+    prompt_tokens: Annotated[int, Field(ge=0)]
+    cached_tokens: Annotated[int, Field(ge=0)]
+    completion_tokens: Annotated[int, Field(ge=0)]
 
 
 class AnswerMetadata(BaseModel):
     """How an assistant answer was made: the whole documents in the window ("full") or
-    retrieved passages ("retrieval"), the window's tokens it took, and its citations."""
+    retrieved passages ("retrieval"), the window's tokens its prompt took of the window's
+    size, how it ended, its citations and the tokens it cost."""
 
     mode: Literal["full", "retrieval"]
     window_tokens: Annotated[int, Field(ge=0)] | None = None
+    window_size: Annotated[int, Field(ge=1)] | None = None
+    finish_reason: Literal["stop", "length", "abort", "error"] | None = None
     citations: Annotated[list[Citation], Field(max_length=MAX_CITATIONS)] = []
+    usage: Usage | None = None
 
 
 class NewMessage(StrictModel):
@@ -94,16 +107,20 @@ class Message(BaseModel):
     object: Literal["conversation.message"] = "conversation.message"
     role: str
     content: str
+    html: str  # the content as safe HTML: Markdown rendered, [n] linked to its citation
     metadata: AnswerMetadata | None
     created_at: int
 
     @classmethod
     def of(cls, record: MessageRecord) -> "Message":
+        metadata = None if record.metadata is None else AnswerMetadata(**record.metadata)
+        cited = [c.number for c in metadata.citations] if metadata is not None else []
         return cls(
             id=record.id,
             role=record.role,
             content=record.content,
-            metadata=record.metadata,
+            html=render_markdown(record.content, cited),
+            metadata=metadata,
             created_at=unix_time(record.created_at),
         )
 
@@ -112,20 +129,21 @@ class Attachment(BaseModel):
     id: str
     object: Literal["conversation.attachment"] = "conversation.attachment"
     kind: str
-    file_id: str | None
+    file_id: str | None  # the stored text: the upload, or the page fetched for a URL
     url: str | None
     title: str
+    tokens: int  # of the stored text, in the served model's tokens
     created_at: int
 
     @classmethod
     def of(cls, record: AttachmentRecord) -> "Attachment":
-        is_file = record.kind == "file"
         return cls(
             id=record.id,
             kind=record.kind,
-            file_id=record.target if is_file else None,
-            url=None if is_file else record.target,
+            file_id=record.file_id,
+            url=None if record.kind == "file" else record.target,
             title=record.title,
+            tokens=record.tokens,
             created_at=unix_time(record.created_at),
         )
 

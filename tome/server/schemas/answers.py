@@ -1,0 +1,34 @@
+"""POST /v1/conversations/{id}/answers: the reading assistant's question, checked at the
+boundary, and its answer when not streamed."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field, model_validator
+
+from tome.server.schemas.common import StrictModel
+from tome.server.schemas.conversations import MAX_MESSAGE_CHARS, Message
+
+
+class AnswerRequest(StrictModel):
+    """A question about the conversation's attachments (and the web, when asked), or, with
+    `regenerate`, the last question again in place of its answer."""
+
+    question: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] = ""
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    web_search: bool = False
+    regenerate: bool = False
+    stream: bool = True
+
+    @model_validator(mode="after")
+    def _a_question(self) -> "AnswerRequest":
+        if self.regenerate and self.question.strip():
+            raise ValueError("question: leave it out with regenerate (the last one is asked)")
+        if not self.regenerate and not self.question.strip():
+            raise ValueError("question: it is empty")
+        return self
+
+
+class Answer(BaseModel):
+    user_message: Message
+    message: Message
