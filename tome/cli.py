@@ -107,18 +107,33 @@ def chat(
     kv_cache_dtype: KVDtypeOption = "auto",
     rope_scaling: RopeScalingOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
+    files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--file", help="A document to read (PDF, DOCX, EPUB, HTML, Markdown, text); repeatable."
+        ),
+    ] = None,
+    urls: Annotated[
+        list[str] | None, typer.Option("--url", help="A web page to read; repeatable.")
+    ] = None,
 ) -> None:
-    """An interactive multi-turn chat with streamed answers (/reset, /exit)."""
+    """An interactive multi-turn chat with streamed answers (/reset, /exit); with --file or
+    --url, answers from those documents, whole when they fit the window, cited when not."""
     from tome.engine.engine import Engine
-    from tome.terminal_chat import chat_loop
+    from tome.terminal_chat import chat_loop, plain_reply
+    from tome.terminal_reading import reading_reply, reading_sources
 
     try:
         params = sampling_params(max_tokens, temperature, top_p, top_k, seed)
+        sources = reading_sources(files or [], urls or [], system)
         config = engine_config(
             model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
         )
         engine = Engine(config)
-        chat_loop(engine, params, system, console)
+        if sources:
+            chat_loop(reading_reply(engine, params, sources, console), console)
+        else:
+            chat_loop(plain_reply(engine, params, system, console), console)
     except TomeError as exc:
         _fail(exc)
 
