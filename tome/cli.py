@@ -18,12 +18,14 @@ from tome.cli_options import (
     ModelOption,
     RopeScalingOption,
     SeedOption,
+    SparsePrefillOption,
     TemperatureOption,
     TopKOption,
     TopPOption,
     engine_config,
     parse_rope_scaling,
     parse_size,
+    parse_sparse_prefill,
     sampling_params,
 )
 from tome.errors import TomeError
@@ -69,6 +71,7 @@ def run(
     kv_cache_memory: KVMemoryOption = None,
     kv_cache_dtype: KVDtypeOption = "auto",
     rope_scaling: RopeScalingOption = None,
+    sparse_prefill: SparsePrefillOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
     raw: Annotated[
         bool, typer.Option(help="Send the prompt as is, without the chat template.")
@@ -81,7 +84,13 @@ def run(
     try:
         params = sampling_params(max_tokens, temperature, top_p, top_k, seed)
         config = engine_config(
-            model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
+            model,
+            dtype,
+            max_model_len,
+            kv_cache_memory,
+            rope_scaling,
+            kv_cache_dtype,
+            sparse_prefill,
         )
         engine = Engine(config)
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -149,6 +158,7 @@ def bench(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     kv_cache_dtype: KVDtypeOption = "auto",
     rope_scaling: RopeScalingOption = None,
+    sparse_prefill: SparsePrefillOption = None,
     prefill_lengths: Annotated[str, typer.Option(help="Prompt lengths.")] = "512,2048,8192",
     decode_batches: Annotated[str, typer.Option(help="Batch sizes to decode.")] = "1,16",
     decode_prompt_len: Annotated[int, typer.Option(help="Prompt tokens before decoding.")] = 2048,
@@ -170,6 +180,7 @@ def bench(
             device=device,
             kv_cache_dtype=kv_cache_dtype,
             rope_scaling=parse_rope_scaling(rope_scaling),
+            sparse_prefill=parse_sparse_prefill(sparse_prefill),
             prefill_lengths=parse_int_list(prefill_lengths, "--prefill-lengths"),
             decode_batches=parse_int_list(decode_batches, "--decode-batches"),
             decode_prompt_len=decode_prompt_len,

@@ -1,5 +1,6 @@
 """Options shared by the CLI commands, and their conversion into config objects."""
 
+import dataclasses
 import json
 import re
 from typing import Annotated
@@ -9,6 +10,7 @@ import typer
 from tome.engine.config import EngineConfig
 from tome.engine.sampling_params import SamplingParams
 from tome.errors import InvalidRequestError
+from tome.layers.sparse_prefill import SparsePrefillConfig
 
 ModelOption = Annotated[
     str | None,
@@ -26,6 +28,14 @@ RopeScalingOption = Annotated[
     str | None,
     typer.Option(
         help=f"Stretch the window with a rope scaling (JSON), e.g. {ROPE_SCALING_EXAMPLE}."
+    ),
+]
+SPARSE_PREFILL_EXAMPLE = '{"min_context": 32768, "vertical": 1024, "slash": 2048}'
+SparsePrefillOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Sparse (vertical-slash) attention for long prefill chunks: 'on' for the "
+        f"defaults, or JSON such as {SPARSE_PREFILL_EXAMPLE}."
     ),
 ]
 KVMemoryOption = Annotated[
@@ -98,6 +108,28 @@ def parse_rope_scaling(text: str | None) -> object:
         ) from exc
 
 
+def parse_sparse_prefill(text: str | None) -> SparsePrefillConfig | None:
+    """--sparse-prefill: 'on', or a JSON object of SparsePrefillConfig's fields."""
+    if text is None:
+        return None
+    if text.strip().lower() == "on":
+        return SparsePrefillConfig()
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"--sparse-prefill is neither 'on' nor JSON ({exc.msg}); e.g. {SPARSE_PREFILL_EXAMPLE}"
+        ) from exc
+    known = {field.name for field in dataclasses.fields(SparsePrefillConfig)}
+    if not isinstance(fields, dict) or not set(fields) <= known:
+        raise InvalidRequestError(
+            f"--sparse-prefill takes an object with some of: {', '.join(sorted(known))}"
+        )
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in fields.values()):
+        raise InvalidRequestError("--sparse-prefill: every setting is a whole number")
+    return SparsePrefillConfig(**fields)
+
+
 def engine_config(
     model: str | None,
     dtype: str,
@@ -105,6 +137,7 @@ def engine_config(
     kv_cache_memory: str | None,
     rope_scaling: str | None = None,
     kv_cache_dtype: str = "auto",
+    sparse_prefill: str | None = None,
 ) -> EngineConfig:
     return EngineConfig(
         model=model,
@@ -113,6 +146,7 @@ def engine_config(
         kv_cache_memory=parse_kv_memory(kv_cache_memory) if kv_cache_memory else None,
         kv_cache_dtype=kv_cache_dtype,
         rope_scaling=parse_rope_scaling(rope_scaling),
+        sparse_prefill=parse_sparse_prefill(sparse_prefill),
         show_progress=True,
     )
 

@@ -7,6 +7,7 @@ import torch
 
 from tome.engine.config import EngineConfig
 from tome.errors import InvalidRequestError
+from tome.layers.sparse_prefill import SparsePrefillConfig
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class BenchConfig:
     device: str = "auto"
     kv_cache_dtype: str = "auto"  # our engine's KV cache; transformers keeps its own
     rope_scaling: dict | None = None  # EngineConfig.rope_scaling, put on both sides
+    sparse_prefill: SparsePrefillConfig | None = None  # ours only: transformers is dense
     prefill_lengths: tuple[int, ...] = (512, 2048, 8192)
     decode_batches: tuple[int, ...] = (1, 16)
     decode_prompt_len: int = 2048

@@ -27,6 +27,7 @@ def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
         device=model.device,
         kv_cache_dtype=model.kv_cache_dtype,
         rope_scaling=model.rope_scaling,
+        sparse_prefill=model.sparse_prefill,
         load_format="dummy" if model.dummy else "auto",
         kv_cache_memory=_kv_budget(model, workload),
         block_size=BLOCK_SIZE,

@@ -68,6 +68,7 @@ def _model_spec(config: BenchConfig, source: ModelSource, hf_config: PretrainedC
         device=device.type,
         kv_cache_dtype=config.kv_cache_dtype,
         rope_scaling=config.rope_scaling,
+        sparse_prefill=config.sparse_prefill,
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from tome.engine.config import DTYPES
+from tome.layers.sparse_prefill import SparsePrefillConfig
 from tome.loader import ModelSource
 
 
@@ -18,6 +19,7 @@ class ModelSpec:
     device: str  # "cpu" or "cuda"
     kv_cache_dtype: str = "auto"  # our engine's (EngineConfig.kv_cache_dtype)
     rope_scaling: dict | None = None  # EngineConfig.rope_scaling, put on both sides
+    sparse_prefill: SparsePrefillConfig | None = None  # ours only
 
     @property
     def torch_dtype(self) -> torch.dtype:

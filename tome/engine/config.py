@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 
 from tome.errors import InvalidRequestError
+from tome.layers.sparse_prefill import SparsePrefillConfig
 from tome.models.rope_override import check_rope_override
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,6 +35,9 @@ class EngineConfig:
     host_kv_cache_memory: int = 0
     disk_kv_cache_dir: str | None = None
     disk_kv_cache_memory: int = 16 * 2**30
+    # Long prefill chunks attend to a vertical-slash pattern instead of every key (None:
+    # dense). Outputs then depend on how a prompt is chunked and cached.
+    sparse_prefill: SparsePrefillConfig | None = None
     load_format: str = "auto"  # "dummy": random weights from the config alone
     seed: int = 0
     show_progress: bool = False

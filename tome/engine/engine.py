@@ -61,6 +61,7 @@ class Engine:
             self.kv_dtype,
             device,
             kv_read_dtype=kv_cache_dtype(self.dtype, device),
+            sparse_prefill=config.sparse_prefill,
         )
         self.kv_tiers = build_kv_tiers(config, self.runner.kv_pool, loaded.source, self.dtype)
         self.block_manager.lower_tiers = self.kv_tiers

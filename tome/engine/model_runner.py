@@ -14,6 +14,7 @@ from tome.engine.scheduler import ScheduledBatch
 from tome.engine.sequence import Sequence
 from tome.layers.attention import Attention
 from tome.layers.attention_metadata import AttentionMetadata
+from tome.layers.sparse_prefill import SparsePrefillConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,11 @@ class ModelRunner:
         kv_dtype: torch.dtype,
         device: torch.device,
         kv_read_dtype: torch.dtype | None = None,  # what a quantized cache is read back as
+        sparse_prefill: SparsePrefillConfig | None = None,
     ) -> None:
         self.model = model
         self.block_size = block_size
+        self.sparse_prefill = sparse_prefill
         self.device = device
         self.kv_pool = KVPool(model.config, num_blocks, block_size, kv_dtype, device, kv_read_dtype)
         layers = [m for m in model.modules() if isinstance(m, Attention)]
@@ -122,6 +125,7 @@ class ModelRunner:
                 _contiguous_start(seq.block_table, -(-length // self.block_size))
                 for seq, length in zip(batch.seqs, context_lens, strict=True)
             ],
+            sparse_prefill=self.sparse_prefill,
         )
         input_tensor = torch.tensor(ids, dtype=torch.long).to(self.device)
         return input_tensor, position_tensor.to(self.device), meta, sample_rows

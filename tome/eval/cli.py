@@ -15,6 +15,7 @@ from tome.cli_options import (
     KVMemoryOption,
     MaxModelLenOption,
     RopeScalingOption,
+    SparsePrefillOption,
     engine_config,
 )
 from tome.engine.config import EngineConfig
@@ -78,6 +79,7 @@ def run(
     kv_cache_memory: KVMemoryOption = None,
     kv_cache_dtype: KVDtypeOption = "auto",
     rope_scaling: RopeScalingOption = None,
+    sparse_prefill: SparsePrefillOption = None,
 ) -> None:
     """Run the task grid (lengths x depths x tasks x languages) and write scores and heatmaps."""
     try:
@@ -94,7 +96,13 @@ def run(
         if base_url is None:
             backend = _engine_backend(
                 engine_config(
-                    model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
+                    model,
+                    dtype,
+                    max_model_len,
+                    kv_cache_memory,
+                    rope_scaling,
+                    kv_cache_dtype,
+                    sparse_prefill,
                 )
             )
         else:

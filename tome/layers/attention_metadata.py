@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tome.layers.sparse_prefill import SparsePrefillConfig
+
 
 @dataclass
 class AttentionMetadata:
@@ -25,6 +27,8 @@ class AttentionMetadata:
     # Per sequence: the first block id when its context blocks are consecutive ids, so the
     # CPU backend can read them as a view instead of gathering a copy; else None.
     contiguous_start_cpu: list[int | None]
+    # Long prefill chunks attend sparsely when set (EngineConfig.sparse_prefill).
+    sparse_prefill: SparsePrefillConfig | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.kv_quantization import dequantize_from_cache, quantize_for_cache, round_trip
 from tome.layers.layer_kv_cache import LayerKVCache
+from tome.layers.sparse_prefill import vertical_slash_attention
 
 # Elements of one causal mask slice. SDPA's CPU kernel holds about 8 bytes per element
 # (the bool mask, a float copy, its own buffers): some 35 MB, whatever the context length.
@@ -127,6 +128,11 @@ class TorchAttentionBackend:
         start, end = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
         query = q[start:end].transpose(0, 1)[None]
         length = meta.context_lens_cpu[i]
+        sparse = meta.sparse_prefill
+        if sparse is not None and length >= sparse.min_context:
+            keys, values = read_kv(cache, lambda t: context_kv(t, meta, i, length))
+            out = vertical_slash_attention(query.to(keys.dtype), keys, values, scale, sparse)
+            return out[0].transpose(0, 1).to(q.dtype)
         if length == end - start:  # nothing cached before this chunk: attend to itself
             # As stored and read back, so outputs do not depend on how a prompt was chunked.
             dtype, stored = cache.compute_dtype, cache.k.dtype

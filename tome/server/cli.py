@@ -17,6 +17,7 @@ from tome.cli_options import (
     KVMemoryOption,
     MaxModelLenOption,
     RopeScalingOption,
+    SparsePrefillOption,
     engine_config,
     parse_size,
 )
@@ -59,6 +60,7 @@ def serve(
     kv_cache_memory: KVMemoryOption = None,
     kv_cache_dtype: KVDtypeOption = "auto",
     rope_scaling: RopeScalingOption = None,
+    sparse_prefill: SparsePrefillOption = None,
     host_kv_cache_memory: HostKVMemoryOption = None,
     disk_kv_cache_dir: DiskKVDirOption = None,
     disk_kv_cache_memory: DiskKVMemoryOption = "16GiB",
@@ -74,7 +76,13 @@ def serve(
 
     try:
         engine = engine_config(
-            model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
+            model,
+            dtype,
+            max_model_len,
+            kv_cache_memory,
+            rope_scaling,
+            kv_cache_dtype,
+            sparse_prefill,
         )
         server = ServerConfig(
             host,
