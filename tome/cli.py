@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from tome.bench.serve_command import bench_serve
+from tome.bench_assistant import bench_assistant
 from tome.cli_options import (
     DtypeOption,
     KVDtypeOption,
@@ -43,6 +44,7 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 bench_app.command("serve")(bench_serve)
+bench_app.command("assistant")(bench_assistant)
 console = Console()
 err_console = Console(stderr=True)
 
