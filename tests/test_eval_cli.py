@@ -2,6 +2,7 @@
 every bad flag (unknown task or language, unreadable length or depth, a length over the
 model's window, an unreachable or malformed endpoint) costs one "error:" line and exit 1."""
 
+import json
 import socket
 
 import pytest
@@ -61,3 +62,16 @@ def test_an_unreachable_endpoint_costs_one_error_line(runner, tiny_llama, tmp_pa
     args += ["--tokenizer", str(tiny_llama), "--tasks", "passkey", "--languages", "en"]
     args += ["--lengths", "256", "--depths", "0.5", "--out", str(tmp_path)]
     assert_one_error_line(runner.invoke(app, args), "cannot reach")
+
+
+def test_a_run_with_sparse_prefill_scores_every_cell(runner, tiny_llama, tmp_path):
+    args = ["eval", "run", "--model", str(tiny_llama), "--kv-cache-memory", "32MiB"]
+    args += ["--tasks", "passkey", "--languages", "en", "--lengths", "600", "--depths", "0.5"]
+    args += ["--sparse-prefill", '{"min_context": 256, "vertical": 16, "slash": 16']
+    args += ["--out", str(tmp_path)]
+    assert_one_error_line(runner.invoke(app, args), "--sparse-prefill")
+    args[-3] += "}"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["by_task"]["passkey"]["n"] == 1

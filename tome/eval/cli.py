@@ -2,7 +2,6 @@
 engine in process or against an OpenAI-compatible endpoint (--base-url)."""
 
 import importlib.util
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -119,7 +118,7 @@ def _engine_backend(config: EngineConfig):
     from tome.eval.engine_backend import EngineBackend
     from tome.llm import LLM
 
-    return EngineBackend(LLM(**asdict(config)))
+    return EngineBackend(LLM(**vars(config)))
 
 
 def _endpoint_backend(
