@@ -8,6 +8,8 @@ import pytest
 import torch
 import transformers
 
+from tests.web_pages_server import PagesServer
+
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 TINY_CONFIGS = {
@@ -68,6 +70,16 @@ def tiny_model(request, tmp_path_factory, hf_tokenizer_dir) -> Path:
 def tiny_llama(tmp_path_factory, hf_tokenizer_dir) -> Path:
     """One small Llama for tests that need a model but not every architecture."""
     return make_tiny_model("llama", tmp_path_factory.mktemp("tiny_llama"), hf_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def pages():
+    """A local HTTP server of web pages and SearXNG-format results (web_pages_server.py)."""
+    server = PagesServer()
+    server.thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
 from tests.live_server import LiveServer
-from tests.web_pages_server import ENGLISH_PARAGRAPHS, PagesServer
+from tests.web_pages_server import ENGLISH_PARAGRAPHS
 
 WINDOW = 1024
 SHORT_STORY = (
@@ -38,15 +38,6 @@ FILLER_ZH = [
     "孩子们跟着私塾先生读书写字，先生也负责记录村里的大事。",
     "商人沿着古老的驿道从海边运来食盐和布匹。",
 ]
-
-
-@pytest.fixture(scope="module")
-def pages():
-    server = PagesServer()
-    server.thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -38,15 +38,6 @@ def keys(data_dir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pages():
-    server = PagesServer()
-    server.thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
 def server(tiny_llama, data_dir, keys):
     config = data_dir / "tome.toml"
     config.write_text('[web]\nallowed_private_hosts = ["127.0.0.1"]\n')

@@ -17,7 +17,6 @@ from reportlab.pdfgen import canvas
 
 from tests.browser import chromium
 from tests.live_server import LiveServer, create_keys
-from tests.web_pages_server import PagesServer
 
 UPLOAD_LIMIT = 100_000
 SETTINGS = f"""
@@ -85,15 +84,6 @@ def api(server, key):
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def pages():
-    server = PagesServer()
-    server.thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")
