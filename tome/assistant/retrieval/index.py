@@ -7,6 +7,7 @@ milliseconds where rank-bm25 loops over every document in Python, and bm25s is m
 stay in memory: an index over one conversation's sources is small.
 """
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import bm25s
@@ -19,6 +20,9 @@ from tome.assistant.retrieval.sources import SourceText
 from tome.assistant.retrieval.terms import search_terms
 from tome.assistant.retrieval.token_count import TextEncoder
 from tome.errors import InvalidRequestError
+
+# bm25s sets its own logger to DEBUG, which would print a line for every index built.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class PassageIndex:
