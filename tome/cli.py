@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tome.bench.serve_command import bench_serve
 from tome.bench_assistant import bench_assistant
@@ -50,7 +51,8 @@ err_console = Console(stderr=True)
 
 
 def _fail(exc: TomeError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)  # one line
+    # Escaped: a message may hold brackets (pip install -e ".[embeddings]").
+    err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)  # one line
     raise typer.Exit(code=1)
 
 
@@ -127,22 +129,24 @@ def chat(
     urls: Annotated[
         list[str] | None, typer.Option("--url", help="A web page to read; repeatable.")
     ] = None,
+    embedding_model: server_cli.EmbeddingModelOption = None,
 ) -> None:
     """An interactive multi-turn chat with streamed answers (/reset, /exit); with --file or
     --url, answers from those documents, whole when they fit the window, cited when not."""
     from tome.engine.engine import Engine
     from tome.terminal_chat import chat_loop, plain_reply
-    from tome.terminal_reading import reading_reply, reading_sources
+    from tome.terminal_reading import reading_embedder, reading_reply, reading_sources
 
     try:
         params = sampling_params(max_tokens, temperature, top_p, top_k, seed)
         sources = reading_sources(files or [], urls or [], system)
+        embedder = reading_embedder(embedding_model, sources)
         config = engine_config(
             model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
         )
         engine = Engine(config)
         if sources:
-            chat_loop(reading_reply(engine, params, sources, console), console)
+            chat_loop(reading_reply(engine, params, sources, console, embedder), console)
         else:
             chat_loop(plain_reply(engine, params, system, console), console)
     except TomeError as exc:

@@ -1,7 +1,9 @@
 """`tome chat --file PATH --url URL`: the server's prompt assembly in the terminal. Files are
 extracted and pages fetched once, at start; each question is then assembled (documents whole
 when they fit the window, cited passages when not), streamed, and followed by a dim line
-with the mode, the window used and the cached tokens, and the sources the answer cited."""
+with the mode, the window used and the cached tokens, and the sources the answer cited.
+The sources' passage index is built on the first question that needs it and kept for the
+session."""
 
 from collections.abc import Sequence
 from functools import partial
@@ -11,7 +13,9 @@ from rich.console import Console
 
 from tome.assistant.assembly import AssembledPrompt, assemble
 from tome.assistant.documents import DocumentError, extract
-from tome.assistant.retrieval import SourceText, cited_numbers
+from tome.assistant.retrieval import Embedder, SourceText, cited_numbers
+from tome.assistant.retrieval.index_cache import IndexCache
+from tome.assistant.retrieval.sentence_embedder import SentenceEmbedder
 from tome.assistant.sources_of import source_of_document, source_of_page
 from tome.assistant.web import WebConfig, fetch_url
 from tome.engine.engine import Engine
@@ -37,11 +41,29 @@ def reading_sources(
     return [*(_file_source(path) for path in files), *(_page_source(url, web) for url in urls)]
 
 
+def reading_embedder(
+    embedding_model: str | None, sources: Sequence[SourceText]
+) -> SentenceEmbedder | None:
+    """The embedder for retrieval, refused without sources to retrieve from; made before
+    the model loads, so a missing sentence-transformers fails at once."""
+    if embedding_model is None:
+        return None
+    if not sources:
+        raise InvalidRequestError("--embedding-model needs --file or --url to read")
+    return SentenceEmbedder(embedding_model)
+
+
 def reading_reply(
-    engine: Engine, params: SamplingParams, sources: Sequence[SourceText], console: Console
+    engine: Engine,
+    params: SamplingParams,
+    sources: Sequence[SourceText],
+    console: Console,
+    embedder: Embedder | None = None,
 ) -> Reply:
-    """Answers each question over `sources`, assembled as the server assembles it."""
-    return partial(_reading_answer, engine, params, list(sources), console)
+    """Answers each question over `sources`, assembled as the server assembles it, with
+    one passage index (fused with `embedder`'s vectors when given) for the session."""
+    index_cache = IndexCache(embedder=embedder)
+    return partial(_reading_answer, engine, params, list(sources), console, index_cache)
 
 
 def reading_footer(
@@ -81,6 +103,7 @@ def _reading_answer(
     params: SamplingParams,
     sources: list[SourceText],
     console: Console,
+    index_cache: IndexCache,
     history: list[Message],
     question: str,
 ) -> str:
@@ -91,6 +114,7 @@ def _reading_answer(
         engine.tokenizer,
         window_tokens=engine.max_model_len,
         answer_budget=params.max_tokens,
+        index_cache=index_cache,
     )
     output = stream_answer(engine, prompt.prompt_token_ids, params, console)
     for line in reading_footer(prompt, output.text, output.num_cached_tokens, engine.max_model_len):

@@ -17,11 +17,10 @@ from tome.assistant.retrieval import (
     ChunkingConfig,
     Citation,
     Hit,
-    PassageIndex,
     SourceText,
-    chunk_sources,
     format_context,
 )
+from tome.assistant.retrieval.index_cache import IndexCache, build_index
 from tome.errors import InvalidRequestError, PromptTooLongError
 
 Message = dict[str, str]
@@ -73,10 +72,13 @@ def assemble(
     window_tokens: int,
     answer_budget: int,
     passage_tokens: int = 256,
+    index_cache: IndexCache | None = None,
 ) -> AssembledPrompt:
     """The prompt for `question` after `conversation` (earlier user/assistant turns, oldest
     first) over `sources` (in the order they were attached): every source whole when the
-    prompt plus `answer_budget` fits `window_tokens`, else the best passages that fit."""
+    prompt plus `answer_budget` fits `window_tokens`, else the best passages that fit.
+    `index_cache` keeps the sources' passage index (and its embedder's vectors) for the
+    next question; without one, each question in retrieval mode indexes them anew."""
     if not question.strip():
         raise InvalidRequestError("the question is empty")
     if not 0 < answer_budget < window_tokens:
@@ -93,8 +95,9 @@ def assemble(
     ids = tokenizer.apply_chat_template(messages)
     if len(ids) <= prompt_limit:
         return AssembledPrompt(messages, ids, "full")
+    chunking = ChunkingConfig(max_tokens=passage_tokens)
     return _assemble_retrieval(
-        sources, list(conversation), question, tokenizer, prompt_limit, passage_tokens
+        sources, list(conversation), question, tokenizer, prompt_limit, chunking, index_cache
     )
 
 
@@ -125,10 +128,11 @@ def _assemble_retrieval(
     question: str,
     tokenizer: ChatTokenizer,
     prompt_limit: int,
-    passage_tokens: int,
+    chunking: ChunkingConfig,
+    index_cache: IndexCache | None,
 ) -> AssembledPrompt:
     """The best-ranked passages that fit; the oldest turns go when even none fit."""
-    hits = _search(sources, conversation, question, tokenizer, prompt_limit, passage_tokens)
+    hits = _search(sources, conversation, question, tokenizer, prompt_limit, chunking, index_cache)
     while True:
         build = partial(_retrieval_prompt, conversation, question, hits, tokenizer)
         prompt = _largest_fitting(build, len(hits), prompt_limit)
@@ -148,15 +152,19 @@ def _search(
     question: str,
     tokenizer: ChatTokenizer,
     prompt_limit: int,
-    passage_tokens: int,
+    chunking: ChunkingConfig,
+    index_cache: IndexCache | None,
 ) -> list[Hit]:
     """Hits for the question and the last user turn (a follow-up such as "and in 1990?"
     leans on it), best first, as many as could possibly fit in the window."""
-    passages = chunk_sources(sources, ChunkingConfig(max_tokens=passage_tokens), tokenizer)
-    if not passages:
+    if index_cache is None:
+        index = build_index(sources, chunking, tokenizer)
+    else:
+        index = index_cache.index_for(sources, chunking, tokenizer)
+    if index is None:
         return []
     last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
-    hits = PassageIndex(passages).search(f"{question}\n{last_user}", k=len(passages))
+    hits = index.search(f"{question}\n{last_user}", k=len(index.passages))
     # Passages alone past the limit cannot all fit; one more covers tokens merging at joins.
     total = 0
     for count, hit in enumerate(hits, start=1):

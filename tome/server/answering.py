@@ -9,6 +9,7 @@ cut short (Stop, a closed tab) is saved as far as it got."""
 
 import asyncio
 from dataclasses import dataclass
+from functools import partial
 
 from tome.assistant.assembly import AssembledPrompt, assemble
 from tome.assistant.attachment_sources import attachment_sources
@@ -94,8 +95,9 @@ async def assemble_turn(
     server: ServerState, sources: list[SourceText], turn: Turn, window: int, budget: int
 ) -> AssembledPrompt:
     tokenizer = server.tokenizer
+    assemble_cached = partial(assemble, index_cache=server.index_cache)
     return await server.tokenize(
-        assemble, sources, turn.history, turn.question, tokenizer, window, budget
+        assemble_cached, sources, turn.history, turn.question, tokenizer, window, budget
     )
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tome.cli_options import (
     DiskKVDirOption,
@@ -37,12 +38,19 @@ DatabaseUrlOption = Annotated[
     str | None,
     typer.Option(help="SQLAlchemy URL of the database (default: a SQLite file in the data dir)."),
 ]
+EmbeddingModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A sentence-transformers model (folder or Hub id) whose embeddings retrieval "
+        "fuses with BM25, so passages worded unlike the question are found too."
+    ),
+]
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 
 
 def fail(exc: TomeError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -68,6 +76,7 @@ def serve(
     search_url: Annotated[
         str | None, typer.Option(help="A SearXNG instance for the assistant's web search.")
     ] = None,
+    embedding_model: EmbeddingModelOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
     """An OpenAI-compatible HTTP server (chat, completions, models, tokenize, metrics)."""
@@ -91,6 +100,7 @@ def serve(
             database_url,
             served_model_name,
             search_url=search_url,
+            embedding_model=embedding_model,
             log_level=log_level,
         )
         tiers = dict(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import uvicorn
 
+from tome.assistant.retrieval.index_cache import IndexCache
+from tome.assistant.retrieval.sentence_embedder import SentenceEmbedder
 from tome.assistant.web import SearxngSearch
 from tome.engine.async_engine import AsyncEngine
 from tome.engine.config import EngineConfig
@@ -32,6 +34,7 @@ class ServerConfig:
     database_url: str | None = None  # None: the config's, else the SQLite file
     served_model_name: str | None = None  # None: from the model's file or folder name
     search_url: str | None = None  # SearXNG for web search; None: the config's, if any
+    embedding_model: str | None = None  # sentence-transformers folder or id; None: BM25 only
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -77,6 +80,7 @@ def build_state(engine_config: EngineConfig, config: ServerConfig) -> ServerStat
             logger.warning("key %d has tier %r, which is not configured", key.id, key.tier)
     search_url = config.search_url or settings.search_url
     search = SearxngSearch(search_url, settings.web) if search_url else None
+    embedder = SentenceEmbedder(config.embedding_model) if config.embedding_model else None
     engine = AsyncEngine(engine_config)
     return ServerState(
         engine=engine,
@@ -86,6 +90,7 @@ def build_state(engine_config: EngineConfig, config: ServerConfig) -> ServerStat
         max_model_len=engine.engine.max_model_len,
         open_mode=not active,
         search=search,
+        index_cache=IndexCache(embedder=embedder),
     )
 
 

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
+from tome.assistant.retrieval.index_cache import IndexCache
 from tome.assistant.web import SearchProvider
 from tome.engine.async_engine import AsyncEngine
 from tome.loader.tokenizer import Tokenizer
@@ -38,6 +39,9 @@ class ServerState:
     max_model_len: int
     open_mode: bool  # no keys: one local user, no limits
     search: SearchProvider | None = None  # web search for the assistant; None: off
+    # Built passage indexes (and their vectors, with an embedder) from one question to the
+    # next, so a long book is chunked and indexed once per process.
+    index_cache: IndexCache = field(default_factory=IndexCache)
     keys: KeyStore = field(init=False)
     usage: UsageStore = field(init=False)
     ledger: UsageLedger = field(init=False)

@@ -1,6 +1,7 @@
 """Dense scores beside BM25: an embedder protocol and reciprocal rank fusion.
 
-No embedding model ships with Tome; whoever has one passes an `Embedder` to the index.
+Any `Embedder` can be passed to the index; `sentence_embedder.py` is the one Tome uses
+(`--embedding-model`).
 Reciprocal rank fusion (Cormack et al., 2009) adds 1 / (k + rank) over the rankings a
 passage appears in: it needs no calibration between BM25's unbounded scores and cosine
 similarities, and k = 60 is the constant of the paper and of most search engines since.
