@@ -4,14 +4,10 @@ backend chosen for the device. Models call it with the batch's metadata."""
 import torch
 from torch import nn
 
+from tome.layers.attention_backends import AttentionBackend, backend_for
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.torch_attention_backend import TorchAttentionBackend
-
-
-def backend_for(device: torch.device) -> TorchAttentionBackend:
-    """Kernels are chosen by device; until GPU kernels land every device uses torch ops."""
-    return TorchAttentionBackend()
 
 
 class Attention(nn.Module):
@@ -20,11 +16,11 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
         self.kv_cache = LayerKVCache(torch.empty(0), torch.empty(0))
-        self.backend = TorchAttentionBackend()
+        self.backend: AttentionBackend = TorchAttentionBackend()
 
     def bind_cache(self, kv_cache: LayerKVCache) -> None:
         self.kv_cache = kv_cache
-        self.backend = backend_for(kv_cache.k.device)
+        self.backend = backend_for(kv_cache.k.device, kv_cache.k.dtype)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata

@@ -1,0 +1,121 @@
+"""Compiles every kernel down to a CUDA binary for a GPU architecture, on a machine without
+one: Triton's own compiler and ptxas catch what its CPU interpreter lets through (globals
+that are not constexpr, layouts tl.dot cannot take, register overflows).
+
+    python -m tome.kernels.compile_check [compute capability, default 90]"""
+
+import sys
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from tome.kernels import kv_store, paged_decode_attention, paged_prefill_attention
+from tome.kernels.dot_dtype import dot_dtype, dot_precision
+
+FLOAT_POINTERS = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
+
+
+def compile_kernel(kernel, pointers: dict[str, str], constants: dict, capability: int) -> None:
+    """Every argument not named in `pointers` (name -> Triton type) is an int32 scalar."""
+    signature = dict.fromkeys(kernel.arg_names, "i32") | pointers
+    signature |= dict.fromkeys(constants, "constexpr")
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants)
+    triton.compile(source, target=GPUTarget("cuda", capability, 32))
+
+
+def store_kernel(cache: str, integer: bool, capability: int) -> None:
+    pointers = dict(
+        k_ptr="*bf16",
+        v_ptr="*bf16",
+        k_cache_ptr=cache,
+        v_cache_ptr=cache,
+        k_scale_ptr="*fp32",
+        v_scale_ptr="*fp32",
+        slot_mapping_ptr="*i64",
+    )
+    limit = 127.0 if integer else 448.0
+    constants = dict(QUANTIZED=True, INTEGER=integer, LIMIT=limit, BLOCK_H=8, BLOCK_D=128)
+    compile_kernel(kv_store._store_kv_kernel, pointers, constants, capability)
+
+
+def attention_pointers(cache: str, dtype: torch.dtype) -> dict[str, str]:
+    floats = FLOAT_POINTERS[dtype]
+    return dict(
+        q_ptr=floats,
+        out_ptr=floats,
+        k_cache_ptr=cache,
+        v_cache_ptr=cache,
+        k_scale_ptr="*fp32",
+        v_scale_ptr="*fp32",
+        block_tables_ptr="*i64",
+        context_lens_ptr="*i64",
+        query_start_loc_ptr="*i64",
+        seq_ids_ptr="*i32",
+        partial_out_ptr="*fp32",
+        partial_lse_ptr="*fp32",
+        qk_scale="fp32",
+    )
+
+
+def decode_kernels(cache: str, dtype: torch.dtype, quantized: bool, capability: int) -> None:
+    kernel = paged_decode_attention._decode_partition_kernel
+    pointers = {
+        name: kind
+        for name, kind in attention_pointers(cache, dtype).items()
+        if name in kernel.arg_names
+    }
+    for direct in (True, False):
+        constants = dict(
+            PARTITION_SIZE=512,
+            BLOCK_N=64,
+            BLOCK_H=16,
+            BLOCK_D=128,
+            QUANTIZED=quantized,
+            DOT_DTYPE=dot_dtype(dtype),
+            PRECISION=dot_precision(dtype),
+            DIRECT=direct,
+        )
+        compile_kernel(kernel, pointers, constants, capability)
+    merge = paged_decode_attention._merge_partitions_kernel
+    pointers = dict(
+        out_ptr=FLOAT_POINTERS[dtype],
+        partial_out_ptr="*fp32",
+        partial_lse_ptr="*fp32",
+        context_lens_ptr="*i64",
+    )
+    compile_kernel(merge, pointers, dict(PARTITION_SIZE=512, BLOCK_P=32, BLOCK_D=128), capability)
+
+
+def prefill_kernel(cache: str, dtype: torch.dtype, quantized: bool, capability: int) -> None:
+    kernel = paged_prefill_attention._prefill_kernel
+    pointers = {
+        name: kind
+        for name, kind in attention_pointers(cache, dtype).items()
+        if name in kernel.arg_names
+    }
+    constants = dict(
+        BLOCK_M=64,
+        BLOCK_N=64,
+        BLOCK_D=128,
+        QUANTIZED=quantized,
+        DOT_DTYPE=dot_dtype(dtype),
+        PRECISION=dot_precision(dtype),
+    )
+    compile_kernel(kernel, pointers, constants, capability)
+
+
+def main(capability: int) -> None:
+    """Float8 e4m3 caches only where Triton has the type (8.9 on), as the backend chooses."""
+    store_kernel("*i8", integer=True, capability=capability)
+    decode_kernels("*bf16", torch.bfloat16, quantized=False, capability=capability)
+    if capability >= 89:
+        store_kernel("*fp8e4nv", integer=False, capability=capability)
+        decode_kernels("*fp8e4nv", torch.float16, quantized=True, capability=capability)
+    prefill_kernel("*bf16", torch.bfloat16, quantized=False, capability=capability)
+    prefill_kernel("*i8", torch.bfloat16, quantized=True, capability=capability)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 90)
