@@ -2,7 +2,13 @@
 made with transformers at test time and saved as Hugging Face directories."""
 
 import importlib.util
+import os
 from pathlib import Path
+
+# Before anything imports Triton (torch and transformers may, through other test modules):
+# its language functions are bound to the interpreter or to compilation at import time, and
+# the kernel tests run them on the CPU.
+os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: kernels run in numpy
-
 import pytest
 import torch
 
