@@ -1,9 +1,11 @@
-"""Retrieval: sentence boundaries, chunking within a token limit with overlaps, BM25 finding a
-needle in a document of thousands of sentences (English and Chinese) with the right
-citation, and dense fusion checked against reciprocal rank fusion computed by hand."""
+"""Retrieval: sentence boundaries, chunking within a token limit with overlaps (batched token
+counts and cut points checked against the model's tokenizer), BM25 finding a needle in a
+document of thousands of sentences (English and Chinese) with the right citation, and dense
+fusion checked against reciprocal rank fusion computed by hand."""
 
 import logging
 import random
+from itertools import pairwise
 from typing import ClassVar
 
 import jieba
@@ -21,6 +23,7 @@ from tome.assistant.retrieval import (
     split_sentences,
 )
 from tome.assistant.retrieval.terms import _segmenter, search_terms
+from tome.assistant.retrieval.token_count import token_counter
 from tome.errors import InvalidRequestError, TomeError
 from tome.eval.filler_text import CHINESE_SENTENCES, ENGLISH_SENTENCES
 from tome.loader.tokenizer import Tokenizer
@@ -150,6 +153,70 @@ def test_a_chinese_sentence_without_commas_is_cut_between_characters():
     # The default estimate counts a Han character as a token.
     assert [len(p.text) for p in passages] == [50, 50, 50, 50, 31]
     assert "".join(p.text for p in passages) == sentence
+
+
+def test_batched_token_counts_equal_the_tokenizers_own_counts(hf_tokenizer):
+    sentences = filler(ENGLISH_SENTENCES, 40, seed=3) + filler(CHINESE_SENTENCES, 40, seed=3)
+    texts = [
+        *sentences,
+        *(" " + s for s in sentences),
+        "\n\nA new paragraph.",
+        "",
+        "  ",
+        "<|im_start|>",
+    ]
+    tokenizer = Tokenizer(hf_tokenizer, frozenset())
+
+    assert tokenizer.count_tokens(texts) == [len(hf_tokenizer.encode(text)) for text in texts]
+    counter = token_counter(tokenizer)
+    expected = [len(hf_tokenizer.encode(text, add_special_tokens=False)) for text in texts]
+    assert counter.count_many(texts) == expected
+    assert counter.count_many(texts[::-1]) == expected[::-1]
+    assert counter(texts[0]) == expected[0]
+
+
+@pytest.mark.parametrize("chinese", [False, True])
+def test_over_long_sentences_are_cut_as_late_as_the_model_tokenizer_allows(hf_tokenizer, chinese):
+    if chinese:  # no punctuation at all: cut between characters
+        text = "".join(filler(CHINESE_SENTENCES, 40, seed=5))
+        text = "".join(c for c in text if c not in "。，、；！？：“”")
+    else:  # no full stop: cut after a comma or a space
+        text = " ".join(filler(ENGLISH_SENTENCES, 60, seed=5)).replace(".", ",")
+    source = SourceText("s", "Book", [Section("Ch", text)])
+    passages = chunk_sources([source], ChunkingConfig(48, 0), Tokenizer(hf_tokenizer, frozenset()))
+
+    def tokens(piece: str) -> int:
+        return len(hf_tokenizer.encode(piece, add_special_tokens=False))
+
+    assert len(passages) > 10
+    assert ("" if chinese else " ").join(p.text for p in passages) == text
+    assert all(p.token_count == tokens(p.text) <= 48 for p in passages)
+    for passage, following in pairwise(passages):
+        # One more character (or word) would not have fitted.
+        more = following.text[0] if chinese else " " + following.text.split(" ")[0]
+        assert tokens(passage.text + more) > 48
+
+
+def test_an_encoder_without_batch_counting_gives_the_same_passages(hf_tokenizer):
+    class OneAtATime:
+        def encode(self, text: str) -> list[int]:
+            return hf_tokenizer.encode(text)
+
+    sentences = filler(ENGLISH_SENTENCES, 100, seed=9) + filler(CHINESE_SENTENCES, 100, seed=9)
+    long_one = " ".join(f"word{i}," for i in range(120)) + " end."
+    text = (
+        make_section_text(sentences[:100], False)
+        + " "
+        + long_one
+        + "\n\n"
+        + "".join(sentences[100:])
+    )
+    source = SourceText("s", "Book", [Section("Ch", text)])
+    config = ChunkingConfig(64, 1)
+
+    batched = chunk_sources([source], config, Tokenizer(hf_tokenizer, frozenset()))
+    assert chunk_sources([source], config, OneAtATime()) == batched
+    assert all(p.token_count == len(hf_tokenizer.encode(p.text)) for p in batched)
 
 
 def build_book(pool, needle: str, needle_page: int, chinese: bool) -> SourceText:
