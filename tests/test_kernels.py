@@ -13,6 +13,7 @@ import torch
 from tests.conftest import make_tiny_model
 from tests.reference import load_reference, reference_greedy
 from tome import LLM, SamplingParams
+from tome.engine.model_runner import context_runs
 from tome.errors import InvalidRequestError
 from tome.kernels.kv_store import store_kv
 from tome.kernels.paged_decode_attention import paged_decode_attention
@@ -72,7 +73,7 @@ def make_batch(contexts, query_lens, block_size, num_decodes, generator):
         num_decodes=num_decodes,
         query_start_loc_cpu=starts,
         context_lens_cpu=list(contexts),
-        contiguous_start_cpu=[None] * len(contexts),
+        context_runs_cpu=context_runs(block_tables, list(contexts), block_size),
     )
 
 
@@ -211,7 +212,7 @@ def test_mixed_batch_matches_the_torch_backend(gqa, head_dim, block_size, kv_dty
         assert same_bytes(theirs, mine)
 
 
-def test_sparse_prefill_chunks_take_the_torch_path_beside_dense_ones():
+def test_sparse_prefill_chunks_beside_dense_ones_match_the_torch_backend():
     contexts, query_lens = [17, 40, 100], [1, 40, 37]
     cache, q, k, v, meta = random_step(contexts, query_lens, 1, 2, 64, 16, *[torch.float32] * 2)
     # Only the 100-token context reaches min_context; its pattern keeps a fraction of keys.

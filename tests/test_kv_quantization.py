@@ -14,6 +14,7 @@ from tome import LLM, SamplingParams
 from tome.engine import kv_cache
 from tome.engine.config import EngineConfig
 from tome.engine.kv_cache import KVPool, kv_bytes_per_token, resolve_kv_cache_dtype
+from tome.engine.model_runner import context_runs
 from tome.errors import InvalidRequestError
 from tome.layers.kv_quantization import dequantize, quantize, rotation, round_trip
 from tome.layers.torch_attention_backend import context_kv, gather_kv, read_kv, write_kv
@@ -82,10 +83,11 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return ModelConfig.from_hf(tiny_config("llama", vocab_size=256, **overrides))
 
 
-def metadata(block_table: list[int], contiguous_start: int | None) -> SimpleNamespace:
+def metadata(block_table: list[int], length: int, block_size: int) -> SimpleNamespace:
     """The two AttentionMetadata fields context_kv reads."""
+    tables = torch.tensor([block_table])
     return SimpleNamespace(
-        block_tables=torch.tensor([block_table]), contiguous_start_cpu=[contiguous_start]
+        block_tables=tables, context_runs_cpu=context_runs(tables, [length], block_size)
     )
 
 
@@ -106,9 +108,9 @@ def test_pool_reads_back_what_was_written(dtype):
     pool = KVPool(config, num_blocks=8, block_size=8, dtype=dtype, device=torch.device("cpu"))
     cache = pool.layers[1]
     k, v = token_heads(20, 2, config.head_dim), token_heads(20, 2, config.head_dim) * 3
-    for table, start in (([2, 3, 4], 2), ([6, 0, 5], None)):
+    for table in ([2, 3, 4], [6, 0, 5]):
         write_sequence(cache, table, k, v)
-        meta = metadata(table, start)
+        meta = metadata(table, 20, block_size=8)
         keys, values = read_kv(cache, lambda t, meta=meta: context_kv(t, meta, 0, 20))
         assert keys.dtype == torch.float32 and keys.shape == (1, 2, 20, config.head_dim)
         for read, original in ((keys[0].transpose(0, 1), k), (values[0].transpose(0, 1), v)):

@@ -24,9 +24,11 @@ class AttentionMetadata:
     num_decodes: int  # the first num_decodes sequences have exactly one query token
     query_start_loc_cpu: list[int]
     context_lens_cpu: list[int]
-    # Per sequence: the first block id when its context blocks are consecutive ids, so the
-    # CPU backend can read them as a view instead of gathering a copy; else None.
-    contiguous_start_cpu: list[int | None]
+    # Per sequence: its context as stretches of consecutive blocks, each (first slot,
+    # tokens), so the CPU backend reads them as views of the pool instead of gathering a
+    # copy. One stretch is the usual case for a prompt; a decoding sequence gains one each
+    # time the block after its last was taken by another sequence.
+    context_runs_cpu: list[list[tuple[int, int]]]
     # Long prefill chunks attend sparsely when set (EngineConfig.sparse_prefill).
     sparse_prefill: SparsePrefillConfig | None = None
 

@@ -5,6 +5,7 @@ rows at a time so that each row slice's causal mask (rows x n) stays within a fi
 number of elements however long the context grows."""
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -70,12 +71,34 @@ def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, length: int) -> t
 def context_kv(cache: torch.Tensor, meta: AttentionMetadata, seq: int, length: int) -> torch.Tensor:
     """One sequence's first `length` cached K or V as [1, kv_heads, length, head_dim] (or a
     scale tensor's [1, kv_heads, length]): a view when its blocks are consecutive (the usual
-    case), else a gathered copy."""
-    first_block = meta.contiguous_start_cpu[seq]
-    if first_block is None:
+    case for a prompt), else a gathered copy."""
+    runs = meta.context_runs_cpu[seq]
+    if len(runs) > 1:
         return gather_kv(cache, meta.block_tables[seq : seq + 1], length)
-    start = first_block * cache.shape[1]
-    return cache.view(-1, *cache.shape[2:])[start : start + length].transpose(0, 1)[None]
+    return run_kv(cache, runs[0][0], length).transpose(0, 1)[None]
+
+
+def run_kv(cache: torch.Tensor, first_slot: int, tokens: int) -> torch.Tensor:
+    """[tokens, kv_heads, *rest]: a view of the pool's slots first_slot onwards."""
+    return cache.view(-1, *cache.shape[2:])[first_slot : first_slot + tokens]
+
+
+def decode_attention(
+    q: torch.Tensor, cache: LayerKVCache, runs: list[tuple[int, int]], scale: float
+) -> torch.Tensor:
+    """One sequence's single query ([heads, d]) over its context, read in place as views of
+    its runs of consecutive blocks: nothing is copied out of the pool (a padded gather of a
+    batch's contexts cost more than the attention itself on CPU). The query heads of a
+    GQA group are rows of one matrix product with their KV head."""
+    parts = [read_kv(cache, partial(run_kv, first_slot=slot, tokens=n)) for slot, n in runs]
+    kv_heads, head_dim = cache.k.shape[2], q.shape[-1]
+    query = q.view(kv_heads, -1, head_dim).to(parts[0][0].dtype)
+    scores = torch.cat([torch.bmm(query, keys.permute(1, 2, 0)) for keys, _ in parts], dim=-1)
+    probs = (scores * scale).softmax(-1).split([n for _, n in runs], dim=-1)
+    out = torch.bmm(probs[0], parts[0][1].transpose(0, 1))
+    for weights, (_, values) in zip(probs[1:], parts[1:], strict=True):
+        out.baddbmm_(weights, values.transpose(0, 1))
+    return out.view(-1, head_dim).to(q.dtype)
 
 
 class TorchAttentionBackend:
@@ -101,14 +124,23 @@ class TorchAttentionBackend:
         return out
 
     def _decode(self, q, cache: LayerKVCache, meta: AttentionMetadata, scale: float):
-        """All single-token queries at once, their contexts padded to the longest."""
+        """On CPU each query over its own context in place in the pool: a padded copy of a
+        batch's contexts costs more there than the attention itself. Elsewhere (a GPU
+        without Triton) one batched call, as a loop would pay a launch per sequence."""
+        if q.device.type != "cpu":
+            return self._decode_padded(q, cache, meta, scale)
+        out = torch.empty_like(q)
+        for i, runs in enumerate(meta.context_runs_cpu[: meta.num_decodes]):
+            out[i] = decode_attention(q[i], cache, runs, scale)
+        return out
+
+    def _decode_padded(self, q, cache: LayerKVCache, meta: AttentionMetadata, scale: float):
+        """All single-token queries at once, their contexts gathered and padded to the
+        longest."""
         n = meta.num_decodes
         longest = max(meta.context_lens_cpu[:n])
-        if n == 1:
-            keys, values = read_kv(cache, lambda t: context_kv(t, meta, 0, longest))
-        else:
-            tables = meta.block_tables[:n]
-            keys, values = read_kv(cache, lambda t: gather_kv(t, tables, longest))
+        tables = meta.block_tables[:n]
+        keys, values = read_kv(cache, lambda t: gather_kv(t, tables, longest))
         mask = None
         if min(meta.context_lens_cpu[:n]) != longest:
             positions = torch.arange(longest, device=q.device)
