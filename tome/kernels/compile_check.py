@@ -11,7 +11,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from tome.kernels import kv_store, paged_decode_attention, paged_prefill_attention
+from tome.kernels import (
+    kv_store,
+    paged_decode_attention,
+    paged_prefill_attention,
+    sparse_prefill_attention,
+)
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
 
 FLOAT_POINTERS = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
@@ -106,6 +111,30 @@ def prefill_kernel(cache: str, dtype: torch.dtype, quantized: bool, capability: 
     compile_kernel(kernel, pointers, constants, capability)
 
 
+def sparse_prefill_kernel(cache: str, dtype: torch.dtype, quantized: bool, capability: int):
+    kernel = sparse_prefill_attention._sparse_prefill_kernel
+    pointers = {
+        name: kind
+        for name, kind in attention_pointers(cache, dtype).items()
+        if name in kernel.arg_names
+    }
+    pointers |= dict(table_ptr="*i64", columns_ptr="*u8", distances_ptr="*u8")
+    pointers |= {
+        name: "*i32"
+        for name in kernel.arg_names
+        if name.startswith(("range_", "column_")) and name.endswith("_ptr")
+    }
+    constants = dict(
+        BLOCK_M=64,
+        BLOCK_N=64,
+        BLOCK_D=128,
+        QUANTIZED=quantized,
+        DOT_DTYPE=dot_dtype(dtype),
+        PRECISION=dot_precision(dtype),
+    )
+    compile_kernel(kernel, pointers, constants, capability)
+
+
 def main(capability: int) -> None:
     """Float8 e4m3 caches only where Triton has the type (8.9 on), as the backend chooses."""
     store_kernel("*i8", integer=True, capability=capability)
@@ -115,6 +144,8 @@ def main(capability: int) -> None:
         decode_kernels("*fp8e4nv", torch.float16, quantized=True, capability=capability)
     prefill_kernel("*bf16", torch.bfloat16, quantized=False, capability=capability)
     prefill_kernel("*i8", torch.bfloat16, quantized=True, capability=capability)
+    sparse_prefill_kernel("*bf16", torch.bfloat16, quantized=False, capability=capability)
+    sparse_prefill_kernel("*i8", torch.bfloat16, quantized=True, capability=capability)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,17 @@ distance from its query. Work is done a block of query rows at a time over the u
 keys any row of the block keeps, so memory stays bounded by block x kept keys.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from tome.errors import InvalidRequestError
+
+# (kv_head, start, end) -> that KV head's keys at context positions start..end-1, [end - start, d]
+KeyReader = Callable[[int, int, int], torch.Tensor]
+# Scores of one slice in the pattern's estimation: 64 MB of float32, however long the context.
+ESTIMATE_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -51,45 +57,84 @@ def vertical_slash_attention(
     """query [1, heads, q, d] are the last q positions of a context whose keys and values
     are [1, kv_heads, n, d]. Returns [1, heads, q, d] in the query's dtype."""
     heads, num_queries, context = query.shape[1], query.shape[2], keys.shape[2]
-    group = heads // keys.shape[1]
-    k = keys[0].repeat_interleave(group, 0)  # [heads, n, d]: one key set per query head
-    v = values[0].repeat_interleave(group, 0)
+    num_kv_heads = keys.shape[1]
     q = query[0]
+    last = min(config.last_queries, num_queries)
+    columns, distances = estimate_pattern(
+        q[:, -last:],
+        lambda kv_head, start, end: keys[0, kv_head, start:end],
+        num_kv_heads,
+        context,
+        scale,
+        config,
+    )
+    # Each query head reads its KV head's rows in place: no per-head copy of the context.
+    kv_of_head = torch.arange(heads, device=q.device) // (heads // num_kv_heads)
     first_position = context - num_queries
-    columns, distances = _estimate_pattern(q, k, scale, first_position, config)
     out = torch.empty_like(q)
     for start in range(0, num_queries, config.query_block):
         end = min(start + config.query_block, num_queries)
         rows = torch.arange(first_position + start, first_position + end, device=q.device)
-        out[:, start:end] = _attend_block(q[:, start:end], k, v, rows, columns, distances, scale)
+        out[:, start:end] = _attend_block(
+            q[:, start:end], keys[0], values[0], kv_of_head, rows, columns, distances, scale
+        )
     return out[None]
 
 
-def _estimate_pattern(
-    q: torch.Tensor, k: torch.Tensor, scale: float, first_position: int, config: SparsePrefillConfig
+def estimate_pattern(
+    last_queries: torch.Tensor,
+    read_keys: KeyReader,
+    num_kv_heads: int,
+    context: int,
+    scale: float,
+    config: SparsePrefillConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per head: which key columns ([heads, n] bool) and which distances ([heads, n] bool,
-    indexed by query position - key position) to keep, from the last queries' attention."""
-    heads, num_queries, _ = q.shape
-    context, device = k.shape[1], q.device
-    last = min(config.last_queries, num_queries)
-    end = first_position + num_queries
-    positions = torch.arange(end - last, end, device=device)
-    keys_at = torch.arange(context, device=device)
-    distance = positions[:, None] - keys_at[None, :]  # [last, n]
-    visible = distance >= 0
-    scores = torch.einsum("hqd,hkd->hqk", q[:, -last:].float(), k.float()) * scale
-    probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-    column_score = probs.sum(1)
+    indexed by query position - key position) to keep, from the attention of the context's
+    last queries ([heads, last, d], at positions n - last .. n - 1) over all n keys.
+
+    One KV head's group at a time, over slices of the context of ESTIMATE_ELEMENTS scores
+    at most: the softmax's log-sum-exp first, then the probabilities. Memory stays bounded
+    whatever the context length, and no key is copied per query head."""
+    heads, last, _ = last_queries.shape
+    device = last_queries.device
+    group = heads // num_kv_heads
+    span = max(1, ESTIMATE_ELEMENTS // (group * last))
+    slices = [(start, min(start + span, context)) for start in range(0, context, span)]
+    positions = torch.arange(context - last, context, device=device)
+    column_score = torch.empty(heads, context, device=device)
+    distance_score = torch.zeros(heads, context, device=device)
+    for kv_head in range(num_kv_heads):
+        group_heads = slice(kv_head * group, (kv_head + 1) * group)
+        q = last_queries[group_heads].float()
+        log_sum = torch.full((group, last), float("-inf"), device=device)
+        for start, end in slices:
+            scores, _ = _scores(q, read_keys(kv_head, start, end), positions, start, scale)
+            log_sum = torch.logaddexp(log_sum, scores.logsumexp(-1))
+        for start, end in slices:
+            scores, distance = _scores(q, read_keys(kv_head, start, end), positions, start, scale)
+            probs = (scores - log_sum[..., None]).exp()
+            column_score[group_heads, start:end] = probs.sum(1)
+            index = distance.clamp(min=0).reshape(1, -1).expand(group, -1)
+            distance_score[group_heads].scatter_add_(1, index, probs.reshape(group, -1))
     column_score[:, : config.sink] = float("inf")
-    distance_score = torch.zeros(heads, context, device=device).scatter_add_(
-        1, distance.clamp(min=0).expand(heads, -1, -1).reshape(heads, -1), probs.reshape(heads, -1)
-    )
     distance_score[:, : config.local] = float("inf")
     return (
         _top_mask(column_score, config.vertical + config.sink),
         _top_mask(distance_score, config.slash + config.local),
     )
+
+
+def _scores(
+    q: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor, start: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores [group, last, s] of float32 queries [group, last, d] at `positions` against
+    keys [s, d] from context position `start` on, -inf where causality hides a key; and
+    the query-key distances [last, s]."""
+    keys_at = torch.arange(start, start + keys.shape[0], device=q.device)
+    distance = positions[:, None] - keys_at[None, :]
+    scores = torch.einsum("hqd,kd->hqk", q, keys.float()) * scale
+    return scores.masked_fill(distance < 0, float("-inf")), distance
 
 
 def _top_mask(score: torch.Tensor, count: int) -> torch.Tensor:
@@ -101,12 +146,14 @@ def _attend_block(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    kv_of_head: torch.Tensor,
     rows: torch.Tensor,
     columns: torch.Tensor,
     distances: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """q [heads, b, d] at positions `rows`: attention over exactly the kept keys."""
+    """q [heads, b, d] at positions `rows`, k and v [kv_heads, n, d], kv_of_head [heads]:
+    attention over exactly the kept keys."""
     heads = q.shape[0]
     seen = int(rows[-1]) + 1
     candidates = columns[:, :seen] | _distance_cover(distances, int(rows[0]), seen)
@@ -115,8 +162,8 @@ def _attend_block(
     order = torch.where(candidates, key_positions, seen).sort(dim=1).values
     keep = order[:, : int(candidates.sum(1).max())]  # [heads, c]
     padded = keep.clamp(max=seen - 1)
-    k_kept = k.gather(1, padded[..., None].expand(-1, -1, k.shape[2]))
-    v_kept = v.gather(1, padded[..., None].expand(-1, -1, v.shape[2]))
+    k_kept = k[kv_of_head[:, None], padded]  # [heads, c, d]: only the kept keys are copied
+    v_kept = v[kv_of_head[:, None], padded]
     distance = rows[None, :, None] - keep[:, None, :]  # [heads, b, c]
     kept_distance = distances.gather(1, distance.clamp(min=0).reshape(heads, -1)).view_as(distance)
     in_column = columns.gather(1, padded)[:, None, :]

@@ -1,23 +1,21 @@
 """Paged attention with the Triton kernels of tome/kernels: the GPU backend. Same interface
 and results as TorchAttentionBackend, its reference: new K/V stored into their slots, all
-decodes in one flash-decoding launch, all prefill chunks in one flash-attention launch.
-Chunks that attend sparsely (EngineConfig.sparse_prefill) still take the torch path."""
+decodes in one flash-decoding launch, the dense prefill chunks in one flash-attention
+launch, and each chunk that attends sparsely (EngineConfig.sparse_prefill) in a launch of
+the vertical-slash kernel."""
 
 import torch
 
 from tome.kernels.kv_store import store_kv
 from tome.kernels.paged_decode_attention import paged_decode_attention
 from tome.kernels.paged_prefill_attention import paged_prefill_attention
+from tome.kernels.sparse_prefill_attention import sparse_prefill_attention
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.layer_kv_cache import LayerKVCache
-from tome.layers.torch_attention_backend import TorchAttentionBackend
 
 
 class TritonAttentionBackend:
     """Reads and writes the paged KV cache with Triton kernels."""
-
-    def __init__(self) -> None:
-        self.sparse_fallback = TorchAttentionBackend()
 
     def forward(
         self,
@@ -46,7 +44,7 @@ class TritonAttentionBackend:
         return out
 
     def _prefill(self, q, k, v, cache: LayerKVCache, meta: AttentionMetadata, scale, out) -> None:
-        """Every prefill chunk into `out`: the dense ones in one launch, sparse ones in torch."""
+        """Every prefill chunk into `out`: the dense ones in one launch, then each sparse one."""
         starts = meta.query_start_loc_cpu
         chunks = range(meta.num_decodes, meta.num_seqs)
         sparse = [i for i in chunks if self._is_sparse(meta, i)]
@@ -67,8 +65,13 @@ class TritonAttentionBackend:
                 scale,
             )
         for i in sparse:
-            out[starts[i] : starts[i + 1]] = self.sparse_fallback._prefill(
-                q, k, v, cache, meta, i, scale
+            out[starts[i] : starts[i + 1]] = sparse_prefill_attention(
+                q[starts[i] : starts[i + 1]],
+                cache,
+                meta.block_tables[i],
+                meta.context_lens_cpu[i],
+                scale,
+                meta.sparse_prefill,
             )
 
     @staticmethod
