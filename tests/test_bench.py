@@ -32,7 +32,7 @@ def quiet() -> Console:
 def assert_measured(side, name: str, prefill_lengths=(32,)) -> None:
     assert side.name == name
     assert set(side.prefill_tps) == set(prefill_lengths)
-    assert set(side.decode_tps) == {1, 2}
+    assert set(side.decode_tps) == {(1, 32), (2, 32)}
     assert all(v > 0 for v in [*side.prefill_tps.values(), *side.decode_tps.values()])
     assert side.peak_rss_bytes > 0
 
@@ -46,12 +46,12 @@ def test_bench_runs_both_sides_and_writes_markdown(tiny_llama, tmp_path):
     labels = [row[0] for row in report.rows()]
     assert labels == [
         "prefill 32 tokens (tok/s)",
-        "decode batch 1 (tok/s)",
-        "decode batch 2 (tok/s)",
+        "decode batch 1 after 32 (tok/s)",
+        "decode batch 2 after 32 (tok/s)",
         "peak RSS (MiB)",
     ]
     text = markdown.read_text()
-    assert "| decode batch 2 (tok/s) |" in text
+    assert "| decode batch 2 after 32 (tok/s) |" in text
     assert ">= 1.5x transformers" in text
 
 
@@ -69,18 +69,28 @@ def test_bench_dummy_from_a_bare_config(tiny_llama, tmp_path):
 
 
 def synthetic_report(hf: SideResult | None) -> Report:
-    workload = Workload((8192,), (1, 16), 2048, 64, vocab_size=100)
+    workload = Workload((8192,), (1, 16), (2048,), 64, vocab_size=100)
     model = ModelSpec("m", ModelSource("gguf", Path("m.gguf")), False, "float32", "cpu")
-    ours = SideResult("tome", {8192: 450.0}, {1: 30.0, 16: 200.0}, peak_rss_bytes=2**30)
+    ours = SideResult(
+        "tome", {8192: 450.0}, {(1, 2048): 30.0, (16, 2048): 200.0}, peak_rss_bytes=2**30
+    )
     return Report(model, workload, ours, hf, issue_targets(workload))
 
 
 def test_report_marks_targets_met_and_missed():
-    hf = SideResult("transformers", {8192: 409.0}, {1: 22.0, 16: 100.0}, peak_rss_bytes=2**31)
+    hf = SideResult(
+        "transformers",
+        {8192: 409.0},
+        {(1, 2048): 22.0, (16, 2048): 100.0},
+        peak_rss_bytes=2**31,
+    )
     rows = {row[0]: row for row in synthetic_report(hf).rows()}
     assert rows["prefill 8192 tokens (tok/s)"][3:] == ("1.10x", ">= 1x transformers: met (1.10x)")
-    assert rows["decode batch 1 (tok/s)"][4] == ">= 1.5x transformers: MISSED (1.36x)"
-    assert rows["decode batch 16 (tok/s)"][4] == ">= 8x tome decode batch 1: MISSED (6.67x)"
+    assert rows["decode batch 1 after 2048 (tok/s)"][4] == ">= 1.5x transformers: MISSED (1.36x)"
+    assert (
+        rows["decode batch 16 after 2048 (tok/s)"][4]
+        == ">= 8x tome decode batch 1 after 2048: MISSED (6.67x)"
+    )
     assert rows["peak RSS (MiB)"][1:] == ("1,024", "2,048", "0.50x", "")
 
 

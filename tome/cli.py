@@ -167,12 +167,29 @@ def bench(
     sparse_prefill: SparsePrefillOption = None,
     prefill_lengths: Annotated[str, typer.Option(help="Prompt lengths.")] = "512,2048,8192",
     decode_batches: Annotated[str, typer.Option(help="Batch sizes to decode.")] = "1,16",
-    decode_prompt_len: Annotated[int, typer.Option(help="Prompt tokens before decoding.")] = 2048,
+    decode_prompt_len: Annotated[
+        str,
+        typer.Option(
+            "--decode-prompt-len",
+            "--decode-prompt-lens",
+            help="Prompt tokens before decoding; several, comma-separated, decode after each.",
+        ),
+    ] = "2048",
     decode_tokens: Annotated[int, typer.Option(help="Tokens generated per sequence.")] = 64,
     skip_hf: Annotated[bool, typer.Option(help="Run only our engine.")] = False,
     markdown: Annotated[Path | None, typer.Option(help="Append the table as Markdown.")] = None,
+    roofline: Annotated[
+        bool, typer.Option(help="Roofline columns (always on with cuda) and the 80 GiB table.")
+    ] = False,
+    roofline_peak: Annotated[
+        str, typer.Option(help="Device peak: measure (in our run's process), h100-sxm or h200.")
+    ] = "measure",
+    prefill_chunk: Annotated[
+        int | None, typer.Option(help="Ours: most prompt tokens a step (default: whole prompts).")
+    ] = None,
 ) -> None:
-    """Our engine and transformers side by side: prefill and decode tokens/s, peak memory."""
+    """Our engine and transformers side by side: prefill and decode tokens/s, peak memory;
+    with a roofline, the device's bound beside them."""
     if ctx.invoked_subcommand is not None:
         return
     from tome.bench import BenchConfig, run_bench
@@ -189,10 +206,13 @@ def bench(
             sparse_prefill=parse_sparse_prefill(sparse_prefill),
             prefill_lengths=parse_int_list(prefill_lengths, "--prefill-lengths"),
             decode_batches=parse_int_list(decode_batches, "--decode-batches"),
-            decode_prompt_len=decode_prompt_len,
+            decode_prompt_len=parse_int_list(decode_prompt_len, "--decode-prompt-len"),
             decode_tokens=decode_tokens,
             skip_hf=skip_hf,
             markdown=markdown,
+            roofline=roofline,
+            roofline_peak=roofline_peak,
+            prefill_chunk=prefill_chunk,
         )
         run_bench(config, console)
     except TomeError as exc:

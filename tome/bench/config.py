@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from tome.bench.device_peak import MEASURE, check_peak_source
 from tome.engine.config import EngineConfig
 from tome.errors import InvalidRequestError
 from tome.layers.sparse_prefill import SparsePrefillConfig
@@ -21,11 +22,23 @@ class BenchConfig:
     sparse_prefill: SparsePrefillConfig | None = None  # ours only: transformers is dense
     prefill_lengths: tuple[int, ...] = (512, 2048, 8192)
     decode_batches: tuple[int, ...] = (1, 16)
-    decode_prompt_len: int = 2048
+    decode_prompt_len: int | tuple[int, ...] = 2048  # one prompt length or several
     decode_tokens: int = 64
     skip_hf: bool = False
     markdown: Path | None = None
     seed: int = 0
+    roofline: bool = False  # the roofline columns; always on for cuda
+    roofline_peak: str = MEASURE  # measure the device, or a DevicePeak preset's name
+    prefill_chunk: int | None = None  # ours only: most prompt tokens a step
+
+    @property
+    def decode_prompt_lens(self) -> tuple[int, ...]:
+        lengths = self.decode_prompt_len
+        return (lengths,) if isinstance(lengths, int) else lengths
+
+    @property
+    def wants_roofline(self) -> bool:
+        return self.roofline or self.resolved_device().type == "cuda"
 
     def __post_init__(self) -> None:
         checks = [
@@ -34,13 +47,19 @@ class BenchConfig:
             (bool(self.decode_batches), "--decode-batches needs at least one batch size"),
             (all(n >= 1 for n in self.prefill_lengths), "prefill lengths must be >= 1"),
             (all(b >= 1 for b in self.decode_batches), "decode batch sizes must be >= 1"),
-            (self.decode_prompt_len >= 1, "--decode-prompt-len must be >= 1"),
+            (bool(self.decode_prompt_lens), "--decode-prompt-len needs at least one length"),
+            (all(n >= 1 for n in self.decode_prompt_lens), "--decode-prompt-len must be >= 1"),
+            (
+                self.prefill_chunk is None or self.prefill_chunk >= 16,
+                "--prefill-chunk must be >= 16",
+            ),
             # The first token comes from the prefill; at least one more is needed to time.
             (self.decode_tokens >= 2, "--decode-tokens must be >= 2"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InvalidRequestError(message)
+        check_peak_source(self.roofline_peak)
         self.resolved_device()  # validates dtypes and device with the engine's own messages
 
     def resolved_device(self) -> torch.device:

@@ -2,25 +2,24 @@
 
 Prefix caching is off, so every prompt token is computed, and the step budget holds a
 whole decode batch of prompts: each prompt is prefilled in one step, as transformers does,
-and a batch's sequences all start decoding together."""
+and a batch's sequences all start decoding together; unless a prefill chunk is set, when
+long prompts are prefilled that many tokens a step. The KV pool: engine_pool.py."""
 
 import itertools
 import time
 
 from tome import LLM, SamplingParams
+from tome.bench.engine_pool import BLOCK_SIZE, PoolPlan, plan_pool
 from tome.bench.measure import measure
-from tome.bench.results import SideResult
+from tome.bench.results import RowKey, SideResult
 from tome.bench.spec import ModelSpec
 from tome.bench.workloads import Workload
 from tome.engine.engine import Engine
-from tome.engine.kv_cache import kv_bytes_per_token, resolve_kv_cache_dtype
-from tome.loader import load_hf_config
-from tome.models.config import ModelConfig
-
-BLOCK_SIZE = 16
 
 
 def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
+    step_tokens = _step_budget(model, workload)
+    pool = plan_pool(model, workload, step_tokens)
     llm = LLM(
         model=str(model.source.path),
         dtype=model.dtype,
@@ -29,38 +28,33 @@ def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
         rope_scaling=model.rope_scaling,
         sparse_prefill=model.sparse_prefill,
         load_format="dummy" if model.dummy else "auto",
-        kv_cache_memory=_kv_budget(model, workload),
+        kv_cache_memory=pool.bytes,
         block_size=BLOCK_SIZE,
-        max_num_batched_tokens=max(
-            *workload.prefill_lengths, workload.max_batch * workload.decode_prompt_len
-        ),
+        max_num_batched_tokens=step_tokens,
         max_num_seqs=workload.max_batch,
         enable_prefix_caching=False,
         seed=workload.seed,
     )
-    return measure("tome", _EngineBench(llm.engine), workload)
+    return measure("tome", _EngineBench(llm.engine, pool), workload)
 
 
-def _kv_budget(model: ModelSpec, workload: Workload) -> int:
-    """Bytes for exactly the blocks the workload needs. The default pool is a share of free
-    memory (allocated up front on a GPU), which would swamp the memory column next to
-    transformers' cache, which grows only as far as the workload needs."""
-    config = ModelConfig.from_hf(load_hf_config(model.source))
-    kv_dtype = resolve_kv_cache_dtype(model.kv_cache_dtype, model.torch_dtype, model.torch_device)
-    per_token = kv_bytes_per_token(config, kv_dtype)
-    longest_prefill = _blocks(max(workload.prefill_lengths) + 1)
-    decode = workload.max_batch * _blocks(workload.decode_prompt_len + workload.decode_tokens)
-    return max(longest_prefill, decode) * BLOCK_SIZE * per_token
-
-
-def _blocks(tokens: int) -> int:
-    return -(-tokens // BLOCK_SIZE)
+def _step_budget(model: ModelSpec, workload: Workload) -> int:
+    """Tokens a step may hold: a whole prompt, or a whole decode batch of prompts, unless a
+    prefill chunk is set (long prompts' activations would not fit otherwise)."""
+    if model.prefill_chunk is not None:
+        return max(model.prefill_chunk, workload.max_batch)
+    decode_prompts = workload.max_batch * max(workload.decode_prompt_lens)
+    return max(*workload.prefill_lengths, decode_prompts)
 
 
 class _EngineBench:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, pool: PoolPlan) -> None:
         self.engine = engine
+        self.pool = pool
         self._ids = itertools.count()
+
+    def has_room(self, key: RowKey) -> bool:
+        return self.pool.holds(key)
 
     def prefill_tps(self, prompt: list[int]) -> float:
         """Prompt tokens / time from add_request to the first token (max_tokens=1)."""

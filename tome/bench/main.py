@@ -9,17 +9,23 @@ from rich.console import Console
 from transformers import PretrainedConfig
 
 from tome.bench.config import BenchConfig
+from tome.bench.context_fit import ContextFit, context_fit
+from tome.bench.device_peak import MEASURE, PRESETS
 from tome.bench.dummy_model import dummy_model_dir
 from tome.bench.report import Report
+from tome.bench.results import SideResult
+from tome.bench.roofline import Roofline
 from tome.bench.spec import ModelSpec
 from tome.bench.targets import issue_targets
 from tome.bench.worker import run_side_in_subprocess
 from tome.bench.workloads import Workload
-from tome.engine.config import DTYPES
+from tome.engine.config import DTYPES, KV_CACHE_DTYPES
+from tome.engine.kv_cache import kv_bytes_per_token, kv_cache_dtype
 from tome.engine.model_loading import choose_dtype
-from tome.errors import InvalidRequestError
+from tome.errors import InvalidRequestError, TomeError
 from tome.layers.rotary import context_window
 from tome.loader import ModelSource, load_hf_config, resolve_model
+from tome.models.config import ModelConfig
 from tome.models.rope_override import apply_rope_override, check_rope_override
 
 BUSY_PERCENT = 20
@@ -42,18 +48,53 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> Report:
         workload = _workload(config, hf_config, console)
         console.print(f"[bold]tome bench[/]: {model.name}, {model.dtype} on {model.device}")
         _warn_if_busy(console)
+        measure_peak = config.wants_roofline and config.roofline_peak == MEASURE
         console.print("running tome ...")
-        ours = run_side_in_subprocess("tome", model, workload)
-        hf = None
-        if not config.skip_hf:
-            console.print("running transformers ...")
-            hf = run_side_in_subprocess("transformers", model, workload)
-    report = Report(model, workload, ours, hf, issue_targets(workload))
+        ours = run_side_in_subprocess("tome", model, workload, measure_peak)
+        hf = None if config.skip_hf else _run_hf(model, workload, console)
+    roofline = _roofline(config, model, hf_config, ours) if config.wants_roofline else None
+    report = Report(model, workload, ours, hf, issue_targets(workload), roofline)
     console.print(report.rich_table())
+    fit = context_fit(ModelConfig.from_hf(hf_config), model.dtype) if roofline else None
+    if fit:
+        console.print(fit.rich_table())
     if config.markdown:
-        _write_markdown(config.markdown, report)
+        _write_markdown(config.markdown, report, fit)
         console.print(f"appended the table to {config.markdown}")
     return report
+
+
+def _run_hf(model: ModelSpec, workload: Workload, console: Console) -> SideResult | None:
+    """transformers' side; if its process dies, the table still shows ours."""
+    console.print("running transformers ...")
+    try:
+        return run_side_in_subprocess("transformers", model, workload)
+    except TomeError as exc:
+        console.print(f"[bold yellow]warning:[/] {exc}; the table shows tome alone")
+        return None
+
+
+def _roofline(
+    config: BenchConfig, model: ModelSpec, hf_config: PretrainedConfig, ours: SideResult
+) -> Roofline:
+    """The roofline of our engine's run: its dtypes, its sparse prefill, the device peak
+    measured in its process (or the preset asked for)."""
+    peak = ours.device_peak or PRESETS[config.roofline_peak]
+    model_config = ModelConfig.from_hf(hf_config)
+    # The pool's dtype as the engine resolves it, without the device check (that ran in
+    # the worker, and on a GPU would start CUDA in this process).
+    if model.kv_cache_dtype == "auto":
+        kv_dtype = kv_cache_dtype(model.torch_dtype, model.torch_device)
+    else:
+        kv_dtype = KV_CACHE_DTYPES[model.kv_cache_dtype]
+    return Roofline(
+        config=model_config,
+        weight_itemsize=model.torch_dtype.itemsize,
+        kv_bytes_per_token=kv_bytes_per_token(model_config, kv_dtype),
+        peak=peak,
+        decode_tokens=config.decode_tokens,
+        sparse=model.sparse_prefill,
+    )
 
 
 def _model_spec(config: BenchConfig, source: ModelSource, hf_config: PretrainedConfig) -> ModelSpec:
@@ -69,14 +110,16 @@ def _model_spec(config: BenchConfig, source: ModelSource, hf_config: PretrainedC
         kv_cache_dtype=config.kv_cache_dtype,
         rope_scaling=config.rope_scaling,
         sparse_prefill=config.sparse_prefill,
+        prefill_chunk=config.prefill_chunk,
     )
 
 
 def _workload(config: BenchConfig, hf_config: PretrainedConfig, console: Console) -> Workload:
     window = context_window(hf_config)
-    if config.decode_prompt_len + config.decode_tokens > window:
+    longest_decode = max(config.decode_prompt_lens)
+    if longest_decode + config.decode_tokens > window:
         raise InvalidRequestError(
-            f"a {config.decode_prompt_len}-token decode prompt plus {config.decode_tokens} tokens "
+            f"a {longest_decode}-token decode prompt plus {config.decode_tokens} tokens "
             f"exceeds the model's window of {window}"
         )
     too_long = [n for n in config.prefill_lengths if n > window]
@@ -92,7 +135,7 @@ def _workload(config: BenchConfig, hf_config: PretrainedConfig, console: Console
     return Workload(
         prefill_lengths=lengths,
         decode_batches=config.decode_batches,
-        decode_prompt_len=config.decode_prompt_len,
+        decode_prompt_lens=config.decode_prompt_lens,
         decode_tokens=config.decode_tokens,
         vocab_size=hf_config.vocab_size,
         seed=config.seed,
@@ -110,6 +153,8 @@ def _warn_if_busy(console: Console) -> None:
         )
 
 
-def _write_markdown(path: Path, report: Report) -> None:
+def _write_markdown(path: Path, report: Report, fit: ContextFit | None) -> None:
     with path.open("a") as file:
         file.write(f"\n### {date.today().isoformat()}\n\n{report.markdown()}")
+        if fit:
+            file.write(f"\n{fit.markdown()}")

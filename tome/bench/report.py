@@ -1,4 +1,5 @@
-"""The side-by-side table: a rich table for the terminal and the same rows as Markdown."""
+"""The side-by-side table: a rich table for the terminal and the same rows as Markdown;
+with a roofline, each speed row also shows the device's bound and ours as a share of it."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -6,12 +7,16 @@ from dataclasses import dataclass
 from rich.table import Table
 
 from tome.bench.results import RowKey, SideResult, row_label
+from tome.bench.roofline import Roofline
 from tome.bench.spec import ModelSpec
 from tome.bench.targets import Target
 from tome.bench.workloads import Workload
 
 HEADER = ("metric", "tome", "transformers", "tome / transformers", "target")
+ROOFLINE_HEADER = ("roofline (tok/s)", "tome / roofline")
 MIB = 2**20
+OUT_OF_MEMORY = "out of memory"
+NO_ROOM = "no room"  # skipped: its KV cache would not fit beside the weights
 
 
 @dataclass
@@ -21,20 +26,36 @@ class Report:
     ours: SideResult
     hf: SideResult | None
     targets: list[Target]
+    roofline: Roofline | None = None
 
     @property
     def title(self) -> str:
         w = self.workload
         weights = "random weights" if self.model.dummy else "weights from the file"
+        sparse = ", sparse prefill" if self.model.sparse_prefill else ""
         return (
-            f"{self.model.name} ({weights}), {self.model.dtype} on {self.model.device}; "
-            f"decode: {w.decode_tokens} tokens after a {w.decode_prompt_len}-token prompt"
+            f"{self.model.name} ({weights}), {self.model.dtype} on {self.model.device}, "
+            f"KV cache {self.model.kv_cache_dtype}{sparse}; decode: {w.decode_tokens} tokens "
+            "after each prompt"
         )
 
+    @property
+    def caption(self) -> str:
+        if self.roofline is None:
+            return ""
+        return (
+            f"roofline: {self.roofline.peak.describe()}; max(bytes / bandwidth, FLOPs / peak) "
+            "for our KV dtype and prefill settings"
+        )
+
+    @property
+    def header(self) -> tuple[str, ...]:
+        if self.roofline is None:
+            return HEADER
+        return (*HEADER[:-1], *ROOFLINE_HEADER, HEADER[-1])
+
     def rows(self) -> list[tuple[str, ...]]:
-        keys: list[RowKey] = [("prefill", n) for n in self.workload.prefill_lengths]
-        keys += [("decode", b) for b in self.workload.decode_batches]
-        rows = [self._speed_row(key) for key in keys]
+        rows = [self._speed_row(key) for key in self.workload.rows()]
         rows.append(self._memory_row("peak RSS (MiB)", lambda r: r.peak_rss_bytes))
         if self.ours.peak_gpu_bytes is not None:
             rows.append(self._memory_row("peak GPU memory (MiB)", lambda r: r.peak_gpu_bytes))
@@ -44,25 +65,41 @@ class Report:
         ours = self.ours.tokens_per_second(key)
         hf = self.hf.tokens_per_second(key) if self.hf else None
         verdict = "; ".join(t.verdict(self.ours, self.hf) for t in self.targets if t.key == key)
-        return (f"{row_label(key)} (tok/s)", _num(ours), _num(hf), _ratio(ours, hf), verdict)
+        cells = (_speed(self.ours, key), _speed(self.hf, key) if self.hf else "-")
+        row = (f"{row_label(key)} (tok/s)", *cells, _ratio(ours, hf))
+        if self.roofline is None:
+            return (*row, verdict)
+        bound = self.roofline.tokens_per_second(key)
+        share = f"{ours / bound:.0%}" if ours else "-"
+        return (*row, _num(bound), share, verdict)
 
     def _memory_row(self, label: str, read: Callable[[SideResult], int]) -> tuple[str, ...]:
         ours = read(self.ours) / MIB
         hf = read(self.hf) / MIB if self.hf else None
-        return (label, _num(ours, 0), _num(hf, 0), _ratio(ours, hf), "")
+        blank = ("",) * (len(self.header) - 4)
+        return (label, _num(ours, 0), _num(hf, 0), _ratio(ours, hf), *blank)
 
     def rich_table(self) -> Table:
-        table = Table(title=self.title)
-        for name in HEADER:
+        table = Table(title=self.title, caption=self.caption or None)
+        for name in self.header:
             table.add_column(name, justify="left" if name in ("metric", "target") else "right")
         for row in self.rows():
             table.add_row(*row)
         return table
 
     def markdown(self) -> str:
-        lines = [f"**{self.title}**", "", _md_row(HEADER), _md_row(("---",) * len(HEADER))]
+        lines = [f"**{self.title}**", "", _md_row(self.header)]
+        lines += [_md_row(("---",) * len(self.header))]
         lines += [_md_row(row) for row in self.rows()]
+        if self.caption:
+            lines += ["", self.caption]
         return "\n".join(lines) + "\n"
+
+
+def _speed(side: SideResult, key: RowKey) -> str:
+    if key in side.out_of_memory:
+        return OUT_OF_MEMORY
+    return NO_ROOM if key in side.no_room else _num(side.tokens_per_second(key))
 
 
 def _num(value: float | None, digits: int = 1) -> str:

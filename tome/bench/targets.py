@@ -1,11 +1,11 @@
 """The speed targets from the issue, checked against a run's results.
 
 Prefill at the longest prompt >= transformers; decode at batch 1 >= 1.5x transformers;
-decode at batch 16 >= 8x our own batch 1."""
+decode at batch 16 >= 8x our own batch 1; the decode targets after each prompt length."""
 
 from dataclasses import dataclass
 
-from tome.bench.results import RowKey, SideResult, row_label
+from tome.bench.results import RowKey, SideResult, decode_row, prefill_row, row_label
 from tome.bench.workloads import Workload
 
 
@@ -38,9 +38,11 @@ class Target:
 
 def issue_targets(workload: Workload) -> list[Target]:
     """The targets this workload can check."""
-    targets = [Target(("prefill", max(workload.prefill_lengths)), 1.0)]
-    if 1 in workload.decode_batches:
-        targets.append(Target(("decode", 1), 1.5))
+    targets = [Target(prefill_row(max(workload.prefill_lengths)), 1.0)]
+    if 1 not in workload.decode_batches:
+        return targets
+    for length in workload.decode_prompt_lens:
+        targets.append(Target(decode_row(1, length), 1.5))
         if 16 in workload.decode_batches:
-            targets.append(Target(("decode", 16), 8.0, baseline=("decode", 1)))
+            targets.append(Target(decode_row(16, length), 8.0, baseline=decode_row(1, length)))
     return targets

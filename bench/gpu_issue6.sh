@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Issue 6 on one GPU in one device call: `tome bench --device cuda` (ours, transformers and
+# the roofline side by side) for dummy Llama-3.1-8B and Qwen2.5-7B-Instruct-1M shapes.
+#
+#   bash bench/gpu_issue6.sh                 # on the GPU machine; everything lands in $OUT
+#   DRY=1 PYTHON=/tmp/venv/bin/python OUT=/tmp/dry bash bench/gpu_issue6.sh   # CPU, tiny shapes
+#
+# Steps run in order of what the issue's targets need most, each under its own timeout, and
+# none starts with less than MIN_STEP_S of BUDGET_S left; STEPS="qwen qwen_1m" runs a subset
+# (a second call picks up what the first had no time for). Output: $OUT/bench.log (every
+# row as it is measured, so a step cut short keeps its numbers), $OUT/tables.md (each
+# finished step's table), $OUT/steps.tsv (step, exit status, seconds), $OUT/env.txt.
+#
+# The device machine is offline and has torch, triton, transformers, typer, rich and psutil
+# but not gguf, which tome.loader imports. Carry it as a wheel, prepared here first:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl gguf==0.19.0
+# and run with carry [".whl"] (.whl/ must be ignored by git: .git/info/exclude). tome itself
+# runs from this checkout through PYTHONPATH; nothing else is installed.
+#
+# Not here, and why:
+# - dense prefill of ours at 512k and 1M: minutes of attention each (2e17 FLOPs at 1M, over
+#   four minutes at the roofline alone); the 1M step is sparse only.
+# - transformers at 512k and 1M: out of memory on 80 GiB at 512k (measured before); skipped.
+# - tests/test_kernels.py: tests/conftest.py sets TRITON_INTERPRET=1 for every test, so on a
+#   GPU they would still run Triton's interpreter on the CPU; the real kernels run here
+#   through `tome bench` on cuda (the Triton backend is chosen by device).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+DRY=${DRY:-0}
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-/tmp/gpu_issue6}
+BUDGET_S=${BUDGET_S:-540}
+MIN_STEP_S=${MIN_STEP_S:-45}
+STEPS=${STEPS:-"llama llama_sparse qwen qwen_1m"}
+mkdir -p "$OUT"
+LOG=$OUT/bench.log
+TABLES=$OUT/tables.md
+SUMMARY=$OUT/steps.tsv
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+if [ "$DRY" = 1 ]; then
+  LLAMA=bench/configs/tiny-llama.json
+  QWEN=bench/configs/tiny-llama.json
+  DEVICE=(--device cpu --roofline --roofline-peak measure)
+  PREFILL=64,256
+  LONG_PREFILL=1024,4096
+  DECODE=(--decode-batches 1,2 --decode-prompt-lens 32,128 --decode-tokens 8)
+  CHUNK=512
+  SPARSE='{"min_context": 128, "vertical": 16, "slash": 16, "sink": 4, "local": 8}'
+else
+  LLAMA=bench/configs/llama-3.1-8b.json
+  QWEN=bench/configs/qwen2.5-7b-instruct-1m.json
+  DEVICE=(--device cuda --dtype bfloat16)
+  PREFILL=8192,32768,131072
+  LONG_PREFILL=524288,1010000  # Qwen-1M's window is 1,010,000: measured at 1,009,999
+  DECODE=(--decode-batches 1,8,32,128 --decode-prompt-lens 1024,32768 --decode-tokens 32)
+  CHUNK=131072  # bounds one step's activations, so the KV pool gets the rest
+  SPARSE=on     # SparsePrefillConfig's defaults: sparse from 16k tokens of context
+fi
+
+TOME=(-c 'from tome.cli import app; app(prog_name="tome")')  # `tome` without installing
+
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+
+# step NAME LIMIT_S ARGS...: `tome ARGS...` under a timeout that also ends its worker
+# processes (timeout signals its whole process group), within what is left of the budget.
+step() {
+  local name=$1 limit=$2 left
+  shift 2
+  wanted "$name" || return 0
+  left=$((BUDGET_S - SECONDS))
+  if ((left < MIN_STEP_S)); then
+    echo "=== $name: skipped, ${left}s of the budget left" | tee -a "$LOG"
+    printf '%s\tskipped\t0\n' "$name" >>"$SUMMARY"
+    return 0
+  fi
+  ((limit > left)) && limit=$left
+  echo "=== $name (limit ${limit}s, $((SECONDS))s into the run)" | tee -a "$LOG"
+  local start=$SECONDS
+  timeout --kill-after=15 "$limit" "$PYTHON" "${TOME[@]}" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  ((rc == 124)) && echo "=== $name: stopped at its ${limit}s limit" | tee -a "$LOG"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >>"$SUMMARY"
+}
+
+prepare() {
+  if ! "$PYTHON" -c 'import gguf' 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    export PYTHONPATH=$PYTHONPATH:/tmp/site
+  fi
+  {
+    date -u
+    git log -1 --format='commit %H %s' 2>/dev/null
+    nvidia-smi 2>/dev/null || echo "no nvidia-smi"
+    "$PYTHON" -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
+    "$PYTHON" -c 'import triton; print("triton", triton.__version__)' 2>&1
+  } >"$OUT/env.txt" 2>&1
+  if ! "$PYTHON" -c 'import tome.cli, tome.bench.engine_runner, tome.bench.hf_runner' 2>>"$LOG"; then
+    echo "tome does not import here (see $LOG); is gguf carried in .whl/?" | tee -a "$LOG"
+    exit 1
+  fi
+}
+
+prepare
+printf 'step\texit\tseconds\n' >"$SUMMARY"
+: >"$TABLES"
+
+# Decode at batch 1..128 after 1k and 32k prompts, dense prefill to 128k: both sides. Rows
+# whose KV cannot fit are skipped by ours ("no room") and run out of memory in transformers.
+step llama 270 bench --dummy "$LLAMA" "${DEVICE[@]}" --prefill-lengths "$PREFILL" \
+  "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
+# Sparse prefill, ours only (transformers is dense: its numbers are the row above).
+step llama_sparse 150 bench --dummy "$LLAMA" "${DEVICE[@]}" --skip-hf \
+  --sparse-prefill "$SPARSE" --prefill-lengths "$PREFILL" --decode-batches 1 \
+  --decode-prompt-lens 1024 --decode-tokens 4 --prefill-chunk "$CHUNK" --markdown "$TABLES"
+step qwen 240 bench --dummy "$QWEN" "${DEVICE[@]}" --prefill-lengths "$PREFILL" \
+  "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
+# 512k and 1M tokens on one card: int8 KV, sparse, ours only, prefilled 64k tokens a step.
+step qwen_1m 600 bench --dummy "$QWEN" "${DEVICE[@]}" --skip-hf --kv-cache-dtype int8 \
+  --sparse-prefill "$SPARSE" --prefill-lengths "$LONG_PREFILL" --decode-batches 1 \
+  --decode-prompt-lens 1024 --decode-tokens 4 --prefill-chunk $((CHUNK / 2)) --markdown "$TABLES"
+
+echo "=== done in ${SECONDS}s" | tee -a "$LOG"
+column -t "$SUMMARY" | tee -a "$LOG"
