@@ -1,17 +1,20 @@
 """The CPU decode path reads each sequence's context in place, as views of its runs of
 consecutive blocks: the runs cover exactly the context's slots, and attention over them
-equals torch's SDPA over the context gathered token by token."""
+equals torch's SDPA over the context gathered token by token, whether it is read as views or,
+scattered over too many runs, as one gathered copy."""
 
 from itertools import pairwise
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tome.engine.model_runner import context_runs
+from tome.layers import torch_attention_backend
 from tome.layers.kv_quantization import is_quantized
 from tome.layers.layer_kv_cache import LayerKVCache
-from tome.layers.torch_attention_backend import decode_attention, read_kv, write_kv
+from tome.layers.torch_attention_backend import decode_attention, decode_context, read_kv, write_kv
 
 BLOCK_SIZE = 8
 
@@ -38,9 +41,13 @@ def test_runs_cover_exactly_the_contexts_slots(table, length):
     assert all(a[0] + a[1] != b[0] for a, b in pairwise(runs))
 
 
+# Read as views of its runs, or gathered (more runs than views allowed).
+@pytest.mark.parametrize("max_views", [16, 1])
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.int8])
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 4, 16), (9, 3, 64), (8, 1, 32)])
-def test_decode_equals_sdpa_over_the_gathered_context(kv_dtype, heads, kv_heads, head_dim):
+def test_decode_equals_sdpa_over_the_gathered_context(
+    kv_dtype, heads, kv_heads, head_dim, max_views, monkeypatch
+):
     generator = torch.Generator().manual_seed(heads * 7 + head_dim)
     num_blocks, length = 24, 61
     table = torch.randperm(num_blocks, generator=generator)[:8].tolist()
@@ -61,7 +68,11 @@ def test_decode_equals_sdpa_over_the_gathered_context(kv_dtype, heads, kv_heads,
     runs = context_runs(torch.tensor([table]), [length], BLOCK_SIZE)[0]
     assert len(runs) > 1
 
-    ours = decode_attention(q, cache, runs, scale=head_dim**-0.5)
+    meta = SimpleNamespace(
+        block_tables=torch.tensor([table]), context_lens_cpu=[length], context_runs_cpu=[runs]
+    )
+    monkeypatch.setattr(torch_attention_backend, "MAX_CONTEXT_VIEWS", max_views)
+    ours = decode_attention(q, decode_context(cache, meta, 0), scale=head_dim**-0.5)
 
     keys, values = read_kv(cache, lambda t: t.view(-1, *t.shape[2:])[slots].transpose(0, 1)[None])
     expected = F.scaled_dot_product_attention(
