@@ -35,8 +35,67 @@ def attend_tile(
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """The BLOCK_N consecutive keys from `first`."""
     keys = first + tl.arange(0, BLOCK_N)
     key_mask = keys < end
+    visible = key_mask[None, :]
+    if CAUSAL:
+        visible = visible & (keys[None, :] <= positions[:, None])
+    return attend_keys(
+        q,
+        acc,
+        row_max,
+        denominator,
+        keys,
+        key_mask,
+        visible,
+        table,
+        k_ptr,
+        v_ptr,
+        k_scale_ptr,
+        v_scale_ptr,
+        dims,
+        dim_mask,
+        qk_scale,
+        block_size,
+        stride_block,
+        stride_token,
+        stride_scale_block,
+        stride_scale_token,
+        QUANTIZED,
+        DOT_DTYPE,
+        PRECISION,
+    )
+
+
+@triton.jit
+def attend_keys(
+    q,  # [ROWS, BLOCK_D] in DOT_DTYPE
+    acc,  # [ROWS, BLOCK_D] float32
+    row_max,  # [ROWS] float32, log2 units
+    denominator,  # [ROWS] float32
+    keys,  # [BLOCK_N] context positions to read, in any order
+    key_mask,  # [BLOCK_N] which of them exist
+    visible,  # [ROWS, BLOCK_N] which row attends to which key
+    table,
+    k_ptr,
+    v_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    dims,
+    dim_mask,
+    qk_scale,
+    block_size,
+    stride_block,
+    stride_token,
+    stride_scale_block,
+    stride_scale_token,
+    QUANTIZED: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Keys at any positions under any mask (the sparse kernel's), where a row may see none
+    of them."""
     blocks = tl.load(table + keys // block_size, mask=key_mask, other=0).to(tl.int64)
     within = keys % block_size
     kv_offsets = (blocks * stride_block + within * stride_token)[:, None] + dims[None, :]
@@ -48,13 +107,12 @@ def attend_tile(
         # Each key's scale multiplies its whole column of scores: q . (s k) = s (q . k).
         scale_offsets = blocks * stride_scale_block + within * stride_scale_token
         scores *= tl.load(k_scale_ptr + scale_offsets, mask=key_mask, other=0.0)[None, :]
-    visible = key_mask[None, :]
-    if CAUSAL:
-        visible = visible & (keys[None, :] <= positions[:, None])
     scores = tl.where(visible, scores * qk_scale, float("-inf"))
     new_max = tl.maximum(row_max, tl.max(scores, axis=1))
-    alpha = tl.exp2(row_max - new_max)
-    p = tl.exp2(scores - new_max[:, None])
+    # A row that has seen no key yet has a max of -inf; shifting by 0 keeps its p at 0.
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    alpha = tl.exp2(row_max - shift)
+    p = tl.exp2(scores - shift[:, None])
     denominator = denominator * alpha + tl.sum(p, axis=1)
     if QUANTIZED:
         # And each value's scale its column of probabilities: p (s v) = (p s) v.

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
+from tome.kernels.paged_tile import attend_keys
 from tome.layers.kv_quantization import SCALE_DTYPE, dequantize_from_cache, rotation
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.sparse_prefill import SparsePrefillConfig, estimate_pattern
@@ -29,57 +30,6 @@ from tome.layers.sparse_prefill import SparsePrefillConfig, estimate_pattern
 LOG2_E = 1.4426950408889634
 DEFAULT_BLOCK_M = 64
 DEFAULT_BLOCK_N = 64
-
-
-@triton.jit
-def _attend_keys(
-    q,  # [BLOCK_M, BLOCK_D] in DOT_DTYPE
-    acc,  # [BLOCK_M, BLOCK_D] float32
-    row_max,  # [BLOCK_M] float32, log2 units
-    denominator,  # [BLOCK_M] float32
-    keys,  # [BLOCK_N] context positions to read
-    key_mask,  # [BLOCK_N] which of them exist
-    visible,  # [BLOCK_M, BLOCK_N] which row attends to which key
-    table,  # this sequence's block table row
-    k_ptr,  # K cache at this KV head
-    v_ptr,
-    k_scale_ptr,  # scales at this KV head, when QUANTIZED
-    v_scale_ptr,
-    dims,
-    dim_mask,
-    qk_scale,
-    block_size,
-    stride_block,
-    stride_token,
-    stride_scale_block,
-    stride_scale_token,
-    QUANTIZED: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """attend_tile of paged_tile.py for keys at any positions under any mask, where a row
-    may see none of them."""
-    blocks = tl.load(table + keys // block_size, mask=key_mask, other=0).to(tl.int64)
-    within = keys % block_size
-    kv_offsets = (blocks * stride_block + within * stride_token)[:, None] + dims[None, :]
-    kv_mask = key_mask[:, None] & dim_mask[None, :]
-    k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0).to(DOT_DTYPE)
-    v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0).to(DOT_DTYPE)
-    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    if QUANTIZED:
-        scale_offsets = blocks * stride_scale_block + within * stride_scale_token
-        scores *= tl.load(k_scale_ptr + scale_offsets, mask=key_mask, other=0.0)[None, :]
-    scores = tl.where(visible, scores * qk_scale, float("-inf"))
-    new_max = tl.maximum(row_max, tl.max(scores, axis=1))
-    # A row that has seen no key yet has a max of -inf; shifting by 0 keeps its p at 0.
-    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-    alpha = tl.exp2(row_max - shift)
-    p = tl.exp2(scores - shift[:, None])
-    denominator = denominator * alpha + tl.sum(p, axis=1)
-    if QUANTIZED:
-        p *= tl.load(v_scale_ptr + scale_offsets, mask=key_mask, other=0.0)[None, :]
-    acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
-    return acc, new_max, denominator
 
 
 @triton.jit
@@ -157,7 +107,7 @@ def _sparse_prefill_kernel(
             kept_distance = tl.load(distances + distance, mask=causal, other=0) != 0
             kept_column = tl.load(columns + keys, mask=key_mask, other=0) != 0
             visible = causal & (kept_distance | kept_column[None, :])
-            acc, row_max, denominator = _attend_keys(
+            acc, row_max, denominator = attend_keys(
                 q,
                 acc,
                 row_max,
@@ -188,7 +138,7 @@ def _sparse_prefill_kernel(
         key_mask = slots < column_count
         keys = tl.load(column_keys_ptr + tile_at * max_columns + slots, mask=key_mask, other=0)
         visible = row_mask[:, None] & key_mask[None, :] & (keys[None, :] <= positions[:, None])
-        acc, row_max, denominator = _attend_keys(
+        acc, row_max, denominator = attend_keys(
             q,
             acc,
             row_max,
