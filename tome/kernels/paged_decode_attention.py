@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from tome.kernels.cache_operands import kernel_outputs, kernel_queries, scale_operands
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
 from tome.kernels.paged_tile import attend_tile
-from tome.layers.kv_quantization import SCALE_DTYPE, rotation
 from tome.layers.layer_kv_cache import LayerKVCache
 
 LOG2_E = 1.4426950408889634
@@ -192,13 +192,9 @@ def paged_decode_attention(
     if num_seqs == 0:
         return out
     compute_dtype = cache.compute_dtype
-    query = q.to(compute_dtype)
+    query = kernel_queries(q, cache)
     if cache.quantized:
-        matrix = rotation(head_dim, q.device)
-        query = (q.to(SCALE_DTYPE) @ matrix).to(compute_dtype)
         out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
-    if query.stride(-1) != 1:
-        query = query.contiguous()
     if partition_size is None:
         partition_size = choose_partition_size(num_seqs * num_kv_heads, max_context_len, q.device)
     block_n = min(block_n, partition_size, triton.next_power_of_2(max_context_len))
@@ -215,14 +211,13 @@ def paged_decode_attention(
         partial_lse = torch.empty(
             num_seqs, num_heads, num_partitions, dtype=torch.float32, device=q.device
         )
-    quantized = cache.quantized
-    scale_strides = (cache.k_scale.stride(0), cache.k_scale.stride(1)) if quantized else (0, 0)
+    k_scale, v_scale, *scale_strides = scale_operands(cache)
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_partitions)](
         query,
         cache.k,
         cache.v,
-        cache.k_scale if quantized else cache.k,
-        cache.v_scale if quantized else cache.v,
+        k_scale,
+        v_scale,
         block_tables,
         context_lens,
         out,
@@ -246,7 +241,7 @@ def paged_decode_attention(
         BLOCK_N=block_n,
         BLOCK_H=max(MIN_BLOCK_H, triton.next_power_of_2(group_size)),
         BLOCK_D=block_d,
-        QUANTIZED=quantized,
+        QUANTIZED=cache.quantized,
         DOT_DTYPE=dot_dtype(compute_dtype),
         PRECISION=dot_precision(compute_dtype),
         DIRECT=num_partitions == 1,
@@ -255,9 +250,7 @@ def paged_decode_attention(
     )
     if num_partitions > 1:
         _merge_partitions(out, partial_out, partial_lse, context_lens, partition_size)
-    if quantized:
-        return (out.to(SCALE_DTYPE) @ rotation(head_dim, q.device).T).to(q.dtype)
-    return out
+    return kernel_outputs(out, cache, q.dtype)
 
 
 def _merge_partitions(

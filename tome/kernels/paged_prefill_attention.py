@@ -13,9 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
+from tome.kernels.cache_operands import kernel_outputs, kernel_queries, scale_operands
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
 from tome.kernels.paged_tile import attend_tile
-from tome.layers.kv_quantization import SCALE_DTYPE, rotation
 from tome.layers.layer_kv_cache import LayerKVCache
 
 LOG2_E = 1.4426950408889634
@@ -174,13 +174,8 @@ def paged_prefill_attention(
     out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
     if len(seq_ids) == 0:
         return out.to(q.dtype)
-    query = q.to(compute_dtype)
-    if cache.quantized:
-        query = (q.to(SCALE_DTYPE) @ rotation(head_dim, q.device)).to(compute_dtype)
-    if query.stride(-1) != 1:
-        query = query.contiguous()
-    quantized = cache.quantized
-    scale_strides = (cache.k_scale.stride(0), cache.k_scale.stride(1)) if quantized else (0, 0)
+    query = kernel_queries(q, cache)
+    k_scale, v_scale, *scale_strides = scale_operands(cache)
     num_kv_heads = cache.k.shape[2]
     group_size = num_heads // num_kv_heads
     # Rows for the whole GQA group of at least one token, and no more than the chunks need.
@@ -193,8 +188,8 @@ def paged_prefill_attention(
         out,
         cache.k,
         cache.v,
-        cache.k_scale if quantized else cache.k,
-        cache.v_scale if quantized else cache.v,
+        k_scale,
+        v_scale,
         block_tables,
         query_start_loc,
         context_lens,
@@ -216,12 +211,10 @@ def paged_prefill_attention(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(head_dim),
-        QUANTIZED=quantized,
+        QUANTIZED=cache.quantized,
         DOT_DTYPE=dot_dtype(compute_dtype),
         PRECISION=dot_precision(compute_dtype),
         num_warps=4 if head_dim <= 64 else 8,
         num_stages=2,
     )
-    if quantized:
-        out = out.to(SCALE_DTYPE) @ rotation(head_dim, q.device).T
-    return out.to(q.dtype)
+    return kernel_outputs(out, cache, q.dtype)

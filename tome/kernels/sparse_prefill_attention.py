@@ -21,9 +21,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from tome.kernels.cache_operands import kernel_outputs, kernel_queries, scale_operands
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
 from tome.kernels.paged_tile import attend_keys
-from tome.layers.kv_quantization import SCALE_DTYPE, dequantize_from_cache, rotation
+from tome.layers.kv_quantization import dequantize_from_cache
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.sparse_prefill import SparsePrefillConfig, estimate_pattern
 
@@ -301,16 +302,11 @@ def attend_pattern(
     over the kept keys of a given pattern (columns, distances: [heads, n] bool)."""
     num_queries, num_heads, head_dim = q.shape
     compute_dtype = cache.compute_dtype
-    query = q.to(compute_dtype)
-    if cache.quantized:
-        query = (q.to(SCALE_DTYPE) @ rotation(head_dim, q.device)).to(compute_dtype)
-    if query.stride(-1) != 1:
-        query = query.contiguous()
+    query = kernel_queries(q, cache)
     block_m = max(16, min(block_m, triton.next_power_of_2(num_queries)))
     tiles = sparse_tiles(columns, distances, num_queries, block_m, config)
     out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
-    quantized = cache.quantized
-    scale_strides = (cache.k_scale.stride(0), cache.k_scale.stride(1)) if quantized else (0, 0)
+    k_scale, v_scale, *scale_strides = scale_operands(cache)
     # bool as bytes, a view: Triton's loads of 1-bit pointers differ between backends.
     columns, distances = columns.contiguous().view(torch.uint8), distances.contiguous()
     distances = distances.view(torch.uint8)
@@ -320,8 +316,8 @@ def attend_pattern(
         out,
         cache.k,
         cache.v,
-        cache.k_scale if quantized else cache.k,
-        cache.v_scale if quantized else cache.v,
+        k_scale,
+        v_scale,
         block_table,
         columns,
         distances,
@@ -351,12 +347,10 @@ def attend_pattern(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(head_dim),
-        QUANTIZED=quantized,
+        QUANTIZED=cache.quantized,
         DOT_DTYPE=dot_dtype(compute_dtype),
         PRECISION=dot_precision(compute_dtype),
         num_warps=4 if head_dim <= 64 else 8,
         num_stages=2,
     )
-    if quantized:
-        out = out.to(SCALE_DTYPE) @ rotation(head_dim, q.device).T
-    return out.to(q.dtype)
+    return kernel_outputs(out, cache, q.dtype)
