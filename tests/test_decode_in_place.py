@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tome.engine.model_runner import context_runs
 from tome.layers import torch_attention_backend
+from tome.layers.attention_metadata import context_runs
 from tome.layers.kv_quantization import is_quantized
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.torch_attention_backend import decode_attention, decode_context, read_kv, write_kv
@@ -41,6 +41,24 @@ def test_runs_cover_exactly_the_contexts_slots(table, length):
     assert all(a[0] + a[1] != b[0] for a, b in pairwise(runs))
 
 
+@pytest.mark.parametrize(
+    ("table", "length", "stretches"),
+    [
+        # A freed region taken tail first: its full blocks are one stretch, the part-filled
+        # last block (the lowest id) another.
+        ([12, 11, 10, 9], 30, 2),
+        ([5, 3, 4, 6], 32, 1),
+        ([9, 10, 4, 11], 27, 2),
+        ([9, 11, 10], 20, 2),  # the part-filled block 10 ends its stretch
+    ],
+)
+def test_a_decodes_runs_cover_its_slots_in_block_order(table, length, stretches):
+    runs = context_runs(torch.tensor([table]), [length], BLOCK_SIZE, num_decodes=1)[0]
+    covered = sorted(slot for first, tokens in runs for slot in range(first, first + tokens))
+    assert covered == sorted(slots_of(table, length))
+    assert len(runs) == stretches
+
+
 # Read as views of its runs, or gathered (more runs than views allowed).
 @pytest.mark.parametrize("max_views", [16, 1])
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.int8])
@@ -51,7 +69,7 @@ def test_decode_equals_sdpa_over_the_gathered_context(
     generator = torch.Generator().manual_seed(heads * 7 + head_dim)
     num_blocks, length = 24, 61
     table = torch.randperm(num_blocks, generator=generator)[:8].tolist()
-    table[2:5] = [20, 21, 22]  # a run of three among scattered blocks
+    table[2:5] = [22, 21, 20]  # a run of three, tail first, among scattered blocks
     shape = (num_blocks, BLOCK_SIZE, kv_heads, head_dim)
     if is_quantized(kv_dtype):
         scales = [torch.zeros(shape[:-1]) for _ in range(2)]
@@ -65,8 +83,8 @@ def test_decode_equals_sdpa_over_the_gathered_context(
     slots = torch.tensor(slots_of(table, length))
     write_kv(cache, k, v, slots)
     q = torch.randn(heads, head_dim, generator=generator)
-    runs = context_runs(torch.tensor([table]), [length], BLOCK_SIZE)[0]
-    assert len(runs) > 1
+    runs = context_runs(torch.tensor([table]), [length], BLOCK_SIZE, num_decodes=1)[0]
+    assert 1 < len(runs) < len(table)
 
     meta = SimpleNamespace(
         block_tables=torch.tensor([table]), context_lens_cpu=[length], context_runs_cpu=[runs]

@@ -14,8 +14,8 @@ from tome import LLM, SamplingParams
 from tome.engine import kv_cache
 from tome.engine.config import EngineConfig
 from tome.engine.kv_cache import KVPool, kv_bytes_per_token, resolve_kv_cache_dtype
-from tome.engine.model_runner import context_runs
 from tome.errors import InvalidRequestError
+from tome.layers.attention_metadata import context_runs
 from tome.layers.kv_quantization import dequantize, quantize, rotation, round_trip
 from tome.layers.torch_attention_backend import context_kv, gather_kv, read_kv, write_kv
 from tome.models.config import ModelConfig

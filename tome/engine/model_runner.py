@@ -121,30 +121,9 @@ class ModelRunner:
             num_decodes=batch.num_decodes,
             query_start_loc_cpu=query_start_loc,
             context_lens_cpu=context_lens,
-            context_runs_cpu=context_runs(tables, context_lens, self.block_size),
+            block_tables_cpu=tables,
+            block_size=self.block_size,
             sparse_prefill=self.sparse_prefill,
         )
         input_tensor = torch.tensor(ids, dtype=torch.long).to(self.device)
         return input_tensor, position_tensor.to(self.device), meta, sample_rows
-
-
-def context_runs(
-    tables: torch.Tensor, context_lens: list[int], block_size: int
-) -> list[list[tuple[int, int]]]:
-    """Each sequence's first context_lens[i] tokens as (first slot, tokens) of each stretch
-    of consecutive block ids in its row of `tables`. Vectorised over the blocks: a 1M-token
-    context has 65k of them."""
-    breaks = tables[:, 1:] != tables[:, :-1] + 1
-    runs = []
-    for row, length in enumerate(context_lens):
-        num_blocks = -(-length // block_size)
-        after = (breaks[row, : num_blocks - 1].nonzero().flatten() + 1).tolist()
-        starts, ends = [0, *after], [*after, num_blocks]
-        blocks = tables[row, starts].tolist()
-        runs.append(
-            [
-                (block * block_size, min(end * block_size, length) - first * block_size)
-                for block, first, end in zip(blocks, starts, ends, strict=True)
-            ]
-        )
-    return runs
