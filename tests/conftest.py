@@ -1,20 +1,28 @@
 """Shared fixtures: the embedded model's tokenizer and tiny random models per architecture,
 made with transformers at test time and saved as Hugging Face directories."""
 
+import glob
 import importlib.util
 import os
 from pathlib import Path
 
 # Before anything imports Triton (torch and transformers may, through other test modules):
-# its language functions are bound to the interpreter or to compilation at import time, and
-# the kernel tests run them on the CPU.
-os.environ["TRITON_INTERPRET"] = "1"
+# its language functions are bound to the interpreter or to compilation at import time. So
+# the GPU is found by its device files, not through torch: without one (CI) the kernel tests
+# run in Triton's CPU interpreter, with one compiled on it. A TRITON_INTERPRET already set
+# wins (TRITON_INTERPRET=1 interprets on a GPU machine too).
+os.environ.setdefault("TRITON_INTERPRET", "0" if glob.glob("/dev/nvidia[0-9]*") else "1")
 
 import pytest
 import torch
 import transformers
 
 from tests.web_pages_server import PagesServer
+
+# Where the kernel tests put their tensors: the GPU when Triton compiles for it, else the
+# CPU, where the interpreter runs the kernels.
+INTERPRETED = os.environ["TRITON_INTERPRET"] == "1"
+KERNEL_DEVICE = "cuda" if not INTERPRETED and torch.cuda.is_available() else "cpu"
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
