@@ -34,6 +34,12 @@ class AttentionMetadata:
     def num_seqs(self) -> int:
         return len(self.context_lens_cpu)
 
+    def attends_sparsely(self, seq: int) -> bool:
+        """Whether sequence `seq`'s prefill chunk takes sparse attention: on, and its
+        context long enough."""
+        config = self.sparse_prefill
+        return config is not None and self.context_lens_cpu[seq] >= config.min_context
+
     @cached_property
     def context_runs_cpu(self) -> list[list[tuple[int, int]]]:
         """Per sequence, its context as stretches of consecutive blocks, each (first slot,

@@ -176,10 +176,11 @@ class TorchAttentionBackend:
         start, end = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
         query = q[start:end].transpose(0, 1)[None]
         length = meta.context_lens_cpu[i]
-        sparse = meta.sparse_prefill
-        if sparse is not None and length >= sparse.min_context:
+        if meta.attends_sparsely(i):
             keys, values = read_kv(cache, lambda t: context_kv(t, meta, i, length))
-            out = vertical_slash_attention(query.to(keys.dtype), keys, values, scale, sparse)
+            out = vertical_slash_attention(
+                query.to(keys.dtype), keys, values, scale, meta.sparse_prefill
+            )
             return out[0].transpose(0, 1).to(q.dtype)
         if length == end - start:  # nothing cached before this chunk: attend to itself
             # As stored and read back, so outputs do not depend on how a prompt was chunked.

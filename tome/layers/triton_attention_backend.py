@@ -47,7 +47,7 @@ class TritonAttentionBackend:
         """Every prefill chunk into `out`: the dense ones in one launch, then each sparse one."""
         starts = meta.query_start_loc_cpu
         chunks = range(meta.num_decodes, meta.num_seqs)
-        sparse = [i for i in chunks if self._is_sparse(meta, i)]
+        sparse = [i for i in chunks if meta.attends_sparsely(i)]
         dense = [i for i in chunks if i not in sparse]
         first = starts[meta.num_decodes]
         if dense:
@@ -81,8 +81,3 @@ class TritonAttentionBackend:
         if len(dense) == num_chunks:
             return torch.arange(dense[0], dense[0] + num_chunks, dtype=torch.int32, device=device)
         return torch.tensor(dense, dtype=torch.int32).to(device)
-
-    @staticmethod
-    def _is_sparse(meta: AttentionMetadata, i: int) -> bool:
-        config = meta.sparse_prefill
-        return config is not None and meta.context_lens_cpu[i] >= config.min_context
