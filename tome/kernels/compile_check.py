@@ -45,9 +45,10 @@ def store_kernel(cache: str, integer: bool, capability: int) -> None:
     compile_kernel(kv_store._store_kv_kernel, pointers, constants, capability)
 
 
-def attention_pointers(cache: str, dtype: torch.dtype) -> dict[str, str]:
+def attention_pointers(kernel, cache: str, dtype: torch.dtype) -> dict[str, str]:
+    """The types of the attention kernels' pointer arguments that `kernel` takes."""
     floats = FLOAT_POINTERS[dtype]
-    return dict(
+    pointers = dict(
         q_ptr=floats,
         out_ptr=floats,
         k_cache_ptr=cache,
@@ -62,15 +63,24 @@ def attention_pointers(cache: str, dtype: torch.dtype) -> dict[str, str]:
         partial_lse_ptr="*fp32",
         qk_scale="fp32",
     )
+    return {name: kind for name, kind in pointers.items() if name in kernel.arg_names}
+
+
+def tile_constants(dtype: torch.dtype, quantized: bool) -> dict:
+    """The dense and sparse prefill kernels' tile sizes and dtypes: the launchers' defaults."""
+    return dict(
+        BLOCK_M=64,
+        BLOCK_N=64,
+        BLOCK_D=128,
+        QUANTIZED=quantized,
+        DOT_DTYPE=dot_dtype(dtype),
+        PRECISION=dot_precision(dtype),
+    )
 
 
 def decode_kernels(cache: str, dtype: torch.dtype, quantized: bool, capability: int) -> None:
     kernel = paged_decode_attention._decode_partition_kernel
-    pointers = {
-        name: kind
-        for name, kind in attention_pointers(cache, dtype).items()
-        if name in kernel.arg_names
-    }
+    pointers = attention_pointers(kernel, cache, dtype)
     for direct in (True, False):
         constants = dict(
             PARTITION_SIZE=512,
@@ -95,44 +105,20 @@ def decode_kernels(cache: str, dtype: torch.dtype, quantized: bool, capability: 
 
 def prefill_kernel(cache: str, dtype: torch.dtype, quantized: bool, capability: int) -> None:
     kernel = paged_prefill_attention._prefill_kernel
-    pointers = {
-        name: kind
-        for name, kind in attention_pointers(cache, dtype).items()
-        if name in kernel.arg_names
-    }
-    constants = dict(
-        BLOCK_M=64,
-        BLOCK_N=64,
-        BLOCK_D=128,
-        QUANTIZED=quantized,
-        DOT_DTYPE=dot_dtype(dtype),
-        PRECISION=dot_precision(dtype),
-    )
-    compile_kernel(kernel, pointers, constants, capability)
+    pointers = attention_pointers(kernel, cache, dtype)
+    compile_kernel(kernel, pointers, tile_constants(dtype, quantized), capability)
 
 
 def sparse_prefill_kernel(cache: str, dtype: torch.dtype, quantized: bool, capability: int):
     kernel = sparse_prefill_attention._sparse_prefill_kernel
-    pointers = {
-        name: kind
-        for name, kind in attention_pointers(cache, dtype).items()
-        if name in kernel.arg_names
-    }
+    pointers = attention_pointers(kernel, cache, dtype)
     pointers |= dict(table_ptr="*i64", columns_ptr="*u8", distances_ptr="*u8")
     pointers |= {
         name: "*i32"
         for name in kernel.arg_names
         if name.startswith(("range_", "column_")) and name.endswith("_ptr")
     }
-    constants = dict(
-        BLOCK_M=64,
-        BLOCK_N=64,
-        BLOCK_D=128,
-        QUANTIZED=quantized,
-        DOT_DTYPE=dot_dtype(dtype),
-        PRECISION=dot_precision(dtype),
-    )
-    compile_kernel(kernel, pointers, constants, capability)
+    compile_kernel(kernel, pointers, tile_constants(dtype, quantized), capability)
 
 
 def main(capability: int) -> None:
