@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from tome.bench.report import markdown_table
 from tome.engine.memory_plan import plan_memory
 from tome.models.config import ModelConfig
 
@@ -27,8 +28,7 @@ class ContextFit:
         return table
 
     def markdown(self) -> str:
-        lines = [f"**{self.title}**", "", _md_row(HEADER), _md_row(("---",) * len(HEADER))]
-        return "\n".join([*lines, *(_md_row(row) for row in self.rows)]) + "\n"
+        return markdown_table(self.title, HEADER, self.rows)
 
 
 def context_fit(config: ModelConfig, dtype: str, card_bytes: int = CARD_BYTES) -> ContextFit:
@@ -49,7 +49,3 @@ def context_fit(config: ModelConfig, dtype: str, card_bytes: int = CARD_BYTES) -
         for kv in plan.kv
     ]
     return ContextFit(title, rows)
-
-
-def _md_row(cells: tuple[str, ...]) -> str:
-    return "| " + " | ".join(cells) + " |"

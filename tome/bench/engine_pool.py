@@ -34,10 +34,7 @@ class PoolPlan:
         return self.blocks * self.bytes_per_block
 
     def holds(self, key: RowKey) -> bool:
-        kind, batch, context = key
-        if kind == "prefill":
-            return blocks_for(context + 1) <= self.blocks
-        return batch * blocks_for(context + self.decode_tokens) <= self.blocks
+        return _blocks_needed(key, self.decode_tokens) <= self.blocks
 
 
 def plan_pool(model: ModelSpec, workload: Workload, step_tokens: int) -> PoolPlan:

@@ -38,11 +38,7 @@ def measure(name: str, bench: SideBench, workload: Workload) -> SideResult:
             _say(f"{name}: {row_label(key)}: out of memory; the rows after it are not run")
             return result
         _say(f"{name}: {row_label(key)}: {tps:,.1f} tok/s")
-        kind, batch, context = key
-        if kind == "prefill":
-            result.prefill_tps[context] = tps
-        else:
-            result.decode_tps[(batch, context)] = tps
+        result.record(key, tps)
     return result
 
 

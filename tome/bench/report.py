@@ -88,12 +88,8 @@ class Report:
         return table
 
     def markdown(self) -> str:
-        lines = [f"**{self.title}**", "", _md_row(self.header)]
-        lines += [_md_row(("---",) * len(self.header))]
-        lines += [_md_row(row) for row in self.rows()]
-        if self.caption:
-            lines += ["", self.caption]
-        return "\n".join(lines) + "\n"
+        table = markdown_table(self.title, self.header, self.rows())
+        return f"{table}\n{self.caption}\n" if self.caption else table
 
 
 def _speed(side: SideResult, key: RowKey) -> str:
@@ -108,6 +104,12 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 def _ratio(ours: float | None, hf: float | None) -> str:
     return f"{ours / hf:.2f}x" if ours and hf else "-"
+
+
+def markdown_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """The bold title, then the table, each line ending in a newline."""
+    lines = [f"**{title}**", "", _md_row(header), _md_row(("---",) * len(header))]
+    return "\n".join([*lines, *(_md_row(row) for row in rows)]) + "\n"
 
 
 def _md_row(cells: tuple[str, ...]) -> str:

@@ -21,6 +21,13 @@ class SideResult:
     no_room: list[RowKey] = field(default_factory=list)  # rows skipped: their KV would not fit
     device_peak: DevicePeak | None = None  # measured before the model loaded, when asked
 
+    def record(self, key: RowKey, tps: float) -> None:
+        kind, batch, context = key
+        if kind == "prefill":
+            self.prefill_tps[context] = tps
+        else:
+            self.decode_tps[(batch, context)] = tps
+
     def tokens_per_second(self, key: RowKey) -> float | None:
         kind, batch, context = key
         if kind == "prefill":
