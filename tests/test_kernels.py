@@ -22,6 +22,7 @@ from tome.kernels.paged_decode_attention import DEFAULT_BLOCK_N, paged_decode_at
 from tome.layers.attention import Attention
 from tome.layers.attention_backends import BACKEND_ENV, backend_for
 from tome.layers.attention_metadata import AttentionMetadata
+from tome.layers.cpu_attention_backend import CpuAttentionBackend
 from tome.layers.kv_quantization import SCALE_DTYPE, is_quantized
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.sparse_prefill import SparsePrefillConfig
@@ -265,12 +266,13 @@ def test_sparse_prefill_chunks_beside_dense_ones_match_the_torch_backend():
 def test_backend_is_chosen_by_device_unless_named(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    assert isinstance(backend_for(cpu, torch.float32), TorchAttentionBackend)
+    assert isinstance(backend_for(cpu, torch.float32), CpuAttentionBackend)
     assert isinstance(backend_for(cuda, torch.bfloat16), TritonAttentionBackend)
     monkeypatch.setenv(BACKEND_ENV, "triton")
     assert isinstance(backend_for(cpu, torch.float32), TritonAttentionBackend)
     monkeypatch.setenv(BACKEND_ENV, "torch")
-    assert isinstance(backend_for(cuda, torch.bfloat16), TorchAttentionBackend)
+    assert type(backend_for(cuda, torch.bfloat16)) is TorchAttentionBackend
+    assert type(backend_for(cpu, torch.float32)) is TorchAttentionBackend
     monkeypatch.setenv(BACKEND_ENV, "cuda")
     with pytest.raises(InvalidRequestError, match=BACKEND_ENV):
         backend_for(cpu, torch.float32)

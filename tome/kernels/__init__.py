@@ -1,2 +1,3 @@
-"""Triton kernels for the GPU attention path: paged decode ("flash decoding"), paged prefill
-and the KV store, each checked against the PyTorch reference in tome/layers."""
+"""Attention kernels, each checked against the PyTorch reference in tome/layers: Triton
+kernels for the GPU path (paged decode or "flash decoding", paged prefill, sparse prefill
+and the KV store) and a C++ decode kernel for the CPU (cpu/, built at first use)."""

@@ -1,7 +1,8 @@
 """Which attention backend runs on a device: Triton kernels on CUDA when Triton is
-installed, torch ops everywhere else. TOME_ATTENTION_BACKEND overrides the choice: `triton`
-runs the kernels even on the CPU (under TRITON_INTERPRET=1, as the tests do), `torch` keeps
-torch ops on the GPU."""
+installed, the C++ decode kernel on the CPU when it builds there, torch ops everywhere
+else. TOME_ATTENTION_BACKEND overrides the choice: `triton` runs the Triton kernels even on
+the CPU (under TRITON_INTERPRET=1, as the tests do), `cpu` insists on the C++ kernel,
+`torch` keeps torch ops everywhere."""
 
 import importlib.util
 import os
@@ -10,12 +11,14 @@ from typing import Protocol
 import torch
 
 from tome.errors import InvalidRequestError
+from tome.kernels.cpu_decode_attention import supports, unsupported_reason
 from tome.layers.attention_metadata import AttentionMetadata
+from tome.layers.cpu_attention_backend import CpuAttentionBackend
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.torch_attention_backend import TorchAttentionBackend
 
 BACKEND_ENV = "TOME_ATTENTION_BACKEND"
-BACKEND_CHOICES = ("auto", "torch", "triton")
+BACKEND_CHOICES = ("auto", "torch", "triton", "cpu")
 
 
 class AttentionBackend(Protocol):
@@ -41,7 +44,16 @@ def backend_for(device: torch.device, kv_dtype: torch.dtype) -> AttentionBackend
         from tome.layers.triton_attention_backend import TritonAttentionBackend
 
         return TritonAttentionBackend()
+    if choice == "cpu" or (choice == "auto" and supports(device, kv_dtype)):
+        return _cpu_backend(device, kv_dtype)
     return TorchAttentionBackend()
+
+
+def _cpu_backend(device: torch.device, kv_dtype: torch.dtype) -> AttentionBackend:
+    reason = unsupported_reason(device, kv_dtype)
+    if reason is not None:
+        raise InvalidRequestError(f"{BACKEND_ENV}=cpu: the C++ decode kernel cannot run: {reason}")
+    return CpuAttentionBackend()
 
 
 def _triton_runs(device: torch.device, kv_dtype: torch.dtype) -> bool:
