@@ -1,6 +1,7 @@
 """Decode attention over the paged KV cache with the C++ kernel of
 cpu/paged_decode_attention.cpp: every decoding sequence's query in one call, each context
-read in place from the pool. The torch backend's decode_attention is its reference."""
+read in place from the pool. Its reference in the tests is SDPA in float64 over the context
+as the torch backend reads it back."""
 
 import ctypes
 import math
