@@ -89,7 +89,7 @@ def test_decode_equals_sdpa_over_the_context(dtype, heads, kv_heads, head_dim):
     tables = fill_contexts(cache, lengths, generator)
     q = torch.randn(len(lengths), heads, head_dim, generator=generator)
     scale = head_dim**-0.5
-    ours = cpu_decode_attention(q, cache, tables, lengths, scale)
+    ours = cpu_decode_attention(q, cache, tables, torch.tensor(lengths), max(lengths), scale)
     expected = expected_attention(q, cache, tables, lengths, scale)
     torch.testing.assert_close(ours, expected, atol=2e-5, rtol=2e-5)
 
@@ -101,7 +101,7 @@ def test_every_context_length_and_block_size(block_size, length):
     cache = make_cache(-(-1500 // block_size) + 4, block_size, 3, 64, torch.float32)
     tables = fill_contexts(cache, [length], generator)
     q = torch.randn(1, 9, 64, generator=generator)
-    ours = cpu_decode_attention(q, cache, tables, [length], 0.125)
+    ours = cpu_decode_attention(q, cache, tables, torch.tensor([length]), length, 0.125)
     torch.testing.assert_close(ours, expected_attention(q, cache, tables, [length], 0.125))
 
 
@@ -115,7 +115,7 @@ def test_the_result_does_not_depend_on_how_the_work_is_split(blocks_per_item, mo
     tables = fill_contexts(cache, lengths, generator)
     q = torch.randn(len(lengths), 16, 128, generator=generator)
     monkeypatch.setattr(kernel_module, "split_blocks", lambda *args: blocks_per_item)
-    ours = cpu_decode_attention(q, cache, tables, lengths, 0.1)
+    ours = cpu_decode_attention(q, cache, tables, torch.tensor(lengths), max(lengths), 0.1)
     torch.testing.assert_close(ours, expected_attention(q, cache, tables, lengths, 0.1))
 
 
@@ -124,7 +124,7 @@ def test_a_bfloat16_query_gets_a_bfloat16_answer():
     cache = make_cache(20, 16, 3, 64, torch.float32)
     tables = fill_contexts(cache, [100], generator)
     q = torch.randn(1, 9, 64, generator=generator).bfloat16()
-    ours = cpu_decode_attention(q, cache, tables, [100], 0.125)
+    ours = cpu_decode_attention(q, cache, tables, torch.tensor([100]), 100, 0.125)
     assert ours.dtype == torch.bfloat16
     expected = expected_attention(q.float(), cache, tables, [100], 0.125)
     torch.testing.assert_close(ours.float(), expected, atol=1e-2, rtol=1e-2)

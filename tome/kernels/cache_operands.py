@@ -10,13 +10,16 @@ from tome.layers.kv_quantization import SCALE_DTYPE, rotation
 from tome.layers.layer_kv_cache import LayerKVCache
 
 
-def kernel_queries(q: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
-    """q [..., head_dim] as the kernels read it: compute dtype, rotated for a quantized
-    cache, unit stride along head_dim."""
+def kernel_queries(
+    q: torch.Tensor, cache: LayerKVCache, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """q [..., head_dim] as the kernels read it: in `dtype` (by default the cache's compute
+    dtype), rotated for a quantized cache, unit stride along head_dim."""
+    dtype = dtype or cache.compute_dtype
     if cache.quantized:
-        query = (q.to(SCALE_DTYPE) @ rotation(q.shape[-1], q.device)).to(cache.compute_dtype)
+        query = (q.to(SCALE_DTYPE) @ rotation(q.shape[-1], q.device)).to(dtype)
     else:
-        query = q.to(cache.compute_dtype)
+        query = q.to(dtype)
     return query if query.stride(-1) == 1 else query.contiguous()
 
 

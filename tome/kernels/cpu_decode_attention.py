@@ -9,8 +9,8 @@ from functools import cache
 
 import torch
 
+from tome.kernels.cache_operands import kernel_outputs, kernel_queries
 from tome.kernels.cpu_kernels import load
-from tome.layers.kv_quantization import rotation
 from tome.layers.layer_kv_cache import LayerKVCache
 
 # The kernel's codes for the cache dtypes it reads (its CacheKind).
@@ -64,18 +64,17 @@ def cpu_decode_attention(
     q: torch.Tensor,
     cache: LayerKVCache,
     block_tables: torch.Tensor,
-    context_lens: list[int],
+    context_lens: torch.Tensor,
+    longest: int,
     scale: float,
 ) -> torch.Tensor:
-    """q [seqs, heads, d], one query per sequence; block_tables [seqs, max_blocks] (int64 on
-    the host); context_lens per sequence. Returns [seqs, heads, d] in q's dtype."""
-    query = q.float()
-    if cache.quantized:  # attend in the cache's rotated space (see kv_quantization)
-        query = query @ rotation(q.shape[-1], q.device)
-    query = query.contiguous()
+    """q [seqs, heads, d], one query per sequence; block_tables [seqs, max_blocks] and
+    context_lens [seqs], int64 on the host; `longest` the largest context. Returns
+    [seqs, heads, d] in q's dtype. The kernel reads float32 queries whatever the cache
+    stores."""
+    query = kernel_queries(q, cache, torch.float32).contiguous()
     out = torch.empty_like(query)
-    tables = block_tables.contiguous()
-    lens = torch.tensor(context_lens, dtype=torch.int64)
+    tables, lens = block_tables.contiguous(), context_lens.contiguous()
     _, block_size, kv_heads, head_dim = cache.k.shape
     status = kernel_library().tome_paged_decode_attention(
         query.data_ptr(),
@@ -95,13 +94,11 @@ def cpu_decode_attention(
         tables.stride(0),
         lens.data_ptr(),
         scale,
-        split_blocks(max(context_lens), block_size, q.shape[0]),
+        split_blocks(longest, block_size, q.shape[0]),
     )
     if status != 0:
         raise RuntimeError(f"CPU decode kernel refused cache dtype {cache.k.dtype}")
-    if cache.quantized:
-        out = out @ rotation(q.shape[-1], q.device).T
-    return out.to(q.dtype)
+    return kernel_outputs(out, cache, q.dtype)
 
 
 def split_blocks(longest: int, block_size: int, num_seqs: int) -> int:

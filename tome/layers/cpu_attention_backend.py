@@ -14,6 +14,12 @@ class CpuAttentionBackend(TorchAttentionBackend):
 
     def _decode(self, q, cache: LayerKVCache, meta: AttentionMetadata, scale: float):
         n = meta.num_decodes
+        # The batch's host tensors as they are: nothing is rebuilt for each layer.
         return cpu_decode_attention(
-            q, cache, meta.block_tables_cpu[:n], meta.context_lens_cpu[:n], scale
+            q,
+            cache,
+            meta.block_tables_cpu[:n],
+            meta.context_lens[:n],
+            max(meta.context_lens_cpu[:n]),
+            scale,
         )
