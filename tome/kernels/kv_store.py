@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tome.kernels.cache_operands import scale_operands
 from tome.layers.kv_quantization import QUANTIZED_MAX, SCALE_DTYPE, rotation
 from tome.layers.layer_kv_cache import LayerKVCache
 
@@ -104,35 +105,25 @@ def _store_kv_kernel(
         cache_at = block * stride_cache_block + offset * stride_cache_token
         scale_at = block * stride_scale_block + offset * stride_scale_token
         if tl.program_id(1) == 0:
-            _store_rows(
-                k_ptr + token * stride_k_token,
-                stride_k_head,
-                k_cache_ptr + cache_at,
-                stride_cache_head,
-                k_scale_ptr + scale_at,
-                num_heads,
-                head_dim,
-                QUANTIZED,
-                INTEGER,
-                LIMIT,
-                BLOCK_H,
-                BLOCK_D,
-            )
+            new_rows, stride_new_head = k_ptr + token * stride_k_token, stride_k_head
+            cache_ptr, scale_ptr = k_cache_ptr, k_scale_ptr
         else:
-            _store_rows(
-                v_ptr + token * stride_v_token,
-                stride_v_head,
-                v_cache_ptr + cache_at,
-                stride_cache_head,
-                v_scale_ptr + scale_at,
-                num_heads,
-                head_dim,
-                QUANTIZED,
-                INTEGER,
-                LIMIT,
-                BLOCK_H,
-                BLOCK_D,
-            )
+            new_rows, stride_new_head = v_ptr + token * stride_v_token, stride_v_head
+            cache_ptr, scale_ptr = v_cache_ptr, v_scale_ptr
+        _store_rows(
+            new_rows,
+            stride_new_head,
+            cache_ptr + cache_at,
+            stride_cache_head,
+            scale_ptr + scale_at,
+            num_heads,
+            head_dim,
+            QUANTIZED,
+            INTEGER,
+            LIMIT,
+            BLOCK_H,
+            BLOCK_D,
+        )
 
 
 def store_kv(
@@ -151,14 +142,14 @@ def store_kv(
     k = k if k.stride(-1) == 1 else k.contiguous()
     v = v if v.stride(-1) == 1 else v.contiguous()
     store = cache.k
-    scale_strides = (cache.k_scale.stride(0), cache.k_scale.stride(1)) if quantized else (0, 0)
+    k_scale, v_scale, *scale_strides = scale_operands(cache)
     _store_kv_kernel[(num_tokens, 2)](
         k,
         v,
         cache.k,
         cache.v,
-        cache.k_scale if quantized else cache.k,
-        cache.v_scale if quantized else cache.v,
+        k_scale,
+        v_scale,
         slot_mapping,
         k.stride(0),
         k.stride(1),
