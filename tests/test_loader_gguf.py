@@ -9,61 +9,10 @@ import pytest
 import torch
 import transformers
 
+from tests.gguf_files import FAMILIES, tiny_model, write_gguf
 from tome.errors import ModelLoadError, UnsupportedArchitectureError
 from tome.loader import ModelSource, Tokenizer, iter_weights, load_hf_config, resolve_model
 from tome.models.config import ModelConfig
-
-FAMILIES = {
-    "llama": (transformers.LlamaConfig, {"attention_bias": True}),
-    "qwen2": (transformers.Qwen2Config, {}),
-    "qwen3": (transformers.Qwen3Config, {}),
-}
-
-
-def _tiny_model(family: str, tied: bool) -> transformers.PreTrainedModel:
-    config_class, extra = FAMILIES[family]
-    config = config_class(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=tied,
-        **extra,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(config)
-
-
-def _llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
-    """What llama.cpp's convert_hf_to_gguf.py does to llama q/k rows (interleave halves)."""
-    per_head = weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-    return per_head.swapaxes(1, 2).reshape(weights.shape)
-
-
-def _write_gguf(model: transformers.PreTrainedModel, arch: str, path: Path, qtype: str) -> Path:
-    """Convert like llama.cpp: its own tensor names, q/k permuted for llama, 2-D tensors
-    quantized to `qtype`."""
-    config = model.config
-    arch_id = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
-    names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
-    writer = gguf.GGUFWriter(path, arch)
-    for hf_name, tensor in model.state_dict().items():
-        if config.tie_word_embeddings and hf_name == "lm_head.weight":
-            continue
-        base, suffix = hf_name.rsplit(".", 1)
-        data = tensor.numpy()
-        if arch == "llama" and ".q_proj." in hf_name:
-            data = _llama_cpp_permute(data, config.num_attention_heads)
-        elif arch == "llama" and ".k_proj." in hf_name:
-            data = _llama_cpp_permute(data, config.num_key_value_heads)
-        name = f"{names.get_name(base)}.{suffix}"
-        if qtype == "Q8_0" and data.ndim == 2:
-            quant = gguf.GGMLQuantizationType.Q8_0
-            writer.add_tensor(name, gguf.quants.quantize(data, quant), raw_dtype=quant)
-        else:
-            writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def _expected(model: transformers.PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -76,8 +25,8 @@ def _expected(model: transformers.PreTrainedModel) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("tied", [False, True])
 def test_converted_model_matches_hf(family, tied, tmp_path):
-    model = _tiny_model(family, tied)
-    path = _write_gguf(model, family, tmp_path / "tiny.gguf", "F32")
+    model = tiny_model(family, tied)
+    path = write_gguf(model, family, tmp_path / "tiny.gguf")
     loaded = dict(iter_weights(ModelSource("gguf", path), ModelConfig.from_hf(model.config)))
     expected = _expected(model)
     assert sorted(loaded) == sorted(expected)
@@ -87,8 +36,8 @@ def test_converted_model_matches_hf(family, tied, tmp_path):
 
 
 def test_quantized_tensors_keep_their_shape(tmp_path):
-    model = _tiny_model("llama", tied=False)
-    path = _write_gguf(model, "llama", tmp_path / "tiny.gguf", "Q8_0")
+    model = tiny_model("llama", tied=False)
+    path = write_gguf(model, "llama", tmp_path / "tiny.gguf", lambda name: "Q8_0")
     loaded = dict(iter_weights(ModelSource("gguf", path), ModelConfig.from_hf(model.config)))
     for name, tensor in _expected(model).items():
         # Q8_0 keeps 8 bits per value with one scale per 32: error far below the 0.02 std.
@@ -103,7 +52,7 @@ def test_unsupported_architecture(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    config = ModelConfig.from_hf(_tiny_model("llama", tied=False).config)
+    config = ModelConfig.from_hf(tiny_model("llama", tied=False).config)
     with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
         iter_weights(ModelSource("gguf", path), config)
 

@@ -39,6 +39,10 @@ class EngineConfig:
     # dense). Outputs then depend on how a prompt is chunked and cached.
     sparse_prefill: SparsePrefillConfig | None = None
     load_format: str = "auto"  # "dummy": random weights from the config alone
+    # GGUF weights in Q4_0, Q4_1, Q4_K or Q8_0: "auto" keeps them in their blocks where the
+    # CPU kernel runs them (float32 on the CPU), "dequantize" expands them at load as
+    # transformers does. Outputs differ only by float rounding in the sums.
+    gguf_weights: str = "auto"
     seed: int = 0
     show_progress: bool = False
 
@@ -65,6 +69,10 @@ class EngineConfig:
                 "max_num_batched_tokens must be >= max_num_seqs, or some decodes would wait",
             ),
             (self.load_format in ("auto", "dummy"), "load_format must be auto or dummy"),
+            (
+                self.gguf_weights in ("auto", "dequantize"),
+                "gguf_weights must be auto or dequantize",
+            ),
             *self._kv_tier_checks(),
         ]
         for ok, message in checks:

@@ -63,7 +63,7 @@ class Engine:
             kv_read_dtype=kv_cache_dtype(self.dtype, device),
             sparse_prefill=config.sparse_prefill,
         )
-        self.kv_tiers = build_kv_tiers(config, self.runner.kv_pool, loaded.source, self.dtype)
+        self.kv_tiers = build_kv_tiers(config, self.runner.kv_pool, loaded.source, loaded.numerics)
         self.block_manager.lower_tiers = self.kv_tiers
         self.requests: dict[str, Sequence] = {}
         self.contexts = ContextCache(self.block_manager)

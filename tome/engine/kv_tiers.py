@@ -114,9 +114,10 @@ class KVTiers:
 
 
 def build_kv_tiers(
-    config: EngineConfig, pool: KVPool, source: ModelSource, model_dtype: torch.dtype
+    config: EngineConfig, pool: KVPool, source: ModelSource, model_numerics: str
 ) -> KVTiers | None:
-    """The tiers the config asks for; None without host_kv_cache_memory."""
+    """The tiers the config asks for; None without host_kv_cache_memory. `model_numerics`
+    (LoadedModel.numerics) keys the disk tier with the checkpoint."""
     if not config.host_kv_cache_memory:
         return None
     like = pool.tensors()
@@ -135,7 +136,7 @@ def build_kv_tiers(
                 f"disk_kv_cache_memory={config.disk_kv_cache_memory} bytes must hold at least "
                 f"two KV blocks of {block_bytes} bytes"
             )
-        numerics = f"{model_dtype}|{config.load_format}"
+        numerics = f"{model_numerics}|{config.load_format}"
         if config.load_format == "dummy":
             numerics += f"|seed {config.seed}"  # random weights are made from the seed
         fingerprint = kv_fingerprint(source, numerics, like)

@@ -8,6 +8,7 @@ import torch
 from rich.progress import Progress
 
 from tome.engine.config import DTYPES, EngineConfig
+from tome.kernels.block_quantized_matmul import kernel_library
 from tome.layers.transposed_linear import transpose_layer_linears
 from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
 from tome.loader.model_source import ModelSource
@@ -25,6 +26,12 @@ class LoadedModel:
     config: ModelConfig
     source: ModelSource
     dtype: torch.dtype
+    keeps_blocks: bool  # GGUF weights computed from their quantized blocks
+
+    @property
+    def numerics(self) -> str:
+        """What, besides the checkpoint, decides the values the model computes."""
+        return f"{self.dtype}|{'gguf blocks' if self.keeps_blocks else 'float weights'}"
 
 
 def choose_dtype(requested: str, hf_config, device: torch.device) -> torch.dtype:
@@ -46,10 +53,11 @@ def load_model(config: EngineConfig) -> LoadedModel:
     tokenizer = Tokenizer.from_source(source)
     with torch.device(device):
         model = model_class(model_config)(model_config).to(dtype)
+    keeps_blocks = _keeps_blocks(config, source, device, dtype)
     if config.load_format == "dummy":
         weights = dummy_weights(model_config, model.checkpoint_shapes(), seed=config.seed)
     else:
-        weights = iter_weights(source, model_config)
+        weights = iter_weights(source, model_config, keeps_blocks)
     model.load_weights(
         _with_progress(weights, len(model.checkpoint_shapes()), config.show_progress)
     )
@@ -57,7 +65,20 @@ def load_model(config: EngineConfig) -> LoadedModel:
         transpose_layer_linears(model)
     model.eval()
     logger.info("loaded %s (%s, %s) on %s", source.name, model_config.architecture, dtype, device)
-    return LoadedModel(model, tokenizer, model_config, source, dtype)
+    return LoadedModel(model, tokenizer, model_config, source, dtype, keeps_blocks)
+
+
+def _keeps_blocks(
+    config: EngineConfig, source: ModelSource, device: torch.device, dtype: torch.dtype
+) -> bool:
+    return (
+        config.gguf_weights == "auto"
+        and config.load_format != "dummy"
+        and source.kind == "gguf"
+        and device.type == "cpu"
+        and dtype == torch.float32
+        and kernel_library() is not None
+    )
 
 
 def _with_progress(

@@ -1,4 +1,5 @@
-"""Weights from a GGUF file (llama.cpp's format), dequantized to float32 under HF names."""
+"""Weights from a GGUF file (llama.cpp's format) under HF names: dequantized to float32,
+or, where asked, the block-quantized types the CPU kernel reads kept in their blocks."""
 
 import re
 from collections.abc import Iterator
@@ -10,7 +11,9 @@ from gguf import GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
 from tome.errors import ModelLoadError, UnsupportedArchitectureError
+from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
 from tome.loader.error_text import one_line
+from tome.loader.gguf_blocks import REPACKED_TYPES, repack
 from tome.models.config import ModelConfig
 
 TOP_LEVEL_NAMES = {
@@ -39,14 +42,17 @@ SUPPORTED_ARCHITECTURES = {"llama", "qwen2", "qwen3"}
 PERMUTED_ARCHITECTURES = {"llama"}
 
 
-def iter_gguf_weights(path: Path, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of the file as (HF name, float32 tensor in HF layout).
+def iter_gguf_weights(
+    path: Path, config: ModelConfig, keep_blocks: bool = False
+) -> Iterator[tuple[str, torch.Tensor | BlockQuantizedWeight]]:
+    """Every tensor of the file as (HF name, float32 tensor in HF layout); with
+    `keep_blocks`, tensors of REPACKED_TYPES come as BlockQuantizedWeight instead.
 
     The header is parsed before returning, so a corrupt file fails at once."""
     reader = _open(path)
     architecture = _architecture(reader, path)
     permuted = architecture in PERMUTED_ARCHITECTURES
-    return _read_tensors(reader, path, config, permuted)
+    return _read_tensors(reader, path, config, permuted, keep_blocks)
 
 
 class _FastGGUFReader(GGUFReader):
@@ -89,18 +95,22 @@ def _architecture(reader: GGUFReader, path: Path) -> str:
 
 
 def _read_tensors(
-    reader: GGUFReader, path: Path, config: ModelConfig, permuted: bool
-) -> Iterator[tuple[str, torch.Tensor]]:
+    reader: GGUFReader, path: Path, config: ModelConfig, permuted: bool, keep_blocks: bool
+) -> Iterator[tuple[str, torch.Tensor | BlockQuantizedWeight]]:
     for tensor in reader.tensors:
         if tensor.name in IGNORED_TENSORS:
             continue
         name = _hf_name(tensor.name, path)
-        weight = _dequantize(tensor, path)
+        # Rows are output features, quantized or not: the permutation moves whole rows.
+        data = tensor.data
         if permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
-            weight = _undo_rotary_permute(weight, config.num_attention_heads)
+            data = _undo_rotary_permute(data, config.num_attention_heads)
         elif permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
-            weight = _undo_rotary_permute(weight, config.num_key_value_heads)
-        yield name, torch.from_numpy(weight)
+            data = _undo_rotary_permute(data, config.num_key_value_heads)
+        if keep_blocks and tensor.tensor_type in REPACKED_TYPES:
+            yield name, repack(data, tensor.tensor_type)
+        else:
+            yield name, torch.from_numpy(_dequantize(tensor, data, path))
 
 
 def _hf_name(gguf_name: str, path: Path) -> str:
@@ -113,9 +123,9 @@ def _hf_name(gguf_name: str, path: Path) -> str:
     return f"model.layers.{layer}.{BLOCK_NAMES[part]}.{kind}"
 
 
-def _dequantize(tensor: ReaderTensor, path: Path) -> np.ndarray:
+def _dequantize(tensor: ReaderTensor, data: np.ndarray, path: Path) -> np.ndarray:
     try:
-        weight = dequantize(tensor.data, tensor.tensor_type)
+        weight = dequantize(data, tensor.tensor_type)
     except NotImplementedError as exc:
         raise ModelLoadError(
             f"{path.name}: tensor {tensor.name} is {tensor.tensor_type.name}, "
@@ -126,7 +136,7 @@ def _dequantize(tensor: ReaderTensor, path: Path) -> np.ndarray:
 
 
 def _undo_rotary_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """Put q/k rows back in HF order.
+    """Put q/k rows (float values or a quantized row's bytes) back in HF order.
 
     HF's rotary embedding rotates dimension i of a head with i + head_dim/2 (two halves);
     llama.cpp's llama rope rotates adjacent pairs (2i, 2i+1), so its converter interleaves

@@ -4,19 +4,23 @@ from collections.abc import Iterator
 
 import torch
 
+from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
 from tome.loader.gguf_weights import iter_gguf_weights
 from tome.loader.model_source import ModelSource
 from tome.loader.safetensors_weights import iter_safetensors_weights
 from tome.models.config import ModelConfig
 
 
-def iter_weights(source: ModelSource, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_weights(
+    source: ModelSource, config: ModelConfig, keep_blocks: bool = False
+) -> Iterator[tuple[str, torch.Tensor | BlockQuantizedWeight]]:
     """(HF parameter name, tensor) pairs, one tensor in memory at a time.
 
-    Safetensors keep their stored dtype; GGUF tensors are dequantized to float32. The
-    model casts and fuses as it copies them in. Files are checked before this returns."""
+    Safetensors keep their stored dtype; GGUF tensors are dequantized to float32, or with
+    `keep_blocks` the types the CPU kernel reads stay in their blocks. The model casts and
+    fuses as it copies them in. Files are checked before this returns."""
     if source.kind == "gguf":
-        weights = iter_gguf_weights(source.path, config)
+        weights = iter_gguf_weights(source.path, config, keep_blocks)
     else:
         weights = iter_safetensors_weights(source.path)
     return ((name, tensor) for name, tensor in weights if _needed(name, config))

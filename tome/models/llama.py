@@ -11,10 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tome.errors import ModelLoadError
+from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
 from tome.layers.attention import Attention
 from tome.layers.attention_metadata import AttentionMetadata
+from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
 from tome.layers.rmsnorm import RMSNorm
 from tome.layers.rotary import RotaryEmbedding, apply_rotary
+from tome.models.block_shards import BlockShards
 from tome.models.config import ModelConfig
 
 
@@ -154,34 +157,62 @@ class LlamaForCausalLM(nn.Module):
             return [c.num_attention_heads * c.head_dim, kv, kv]
         return [c.intermediate_size, c.intermediate_size]
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy checkpoint tensors in; every parameter must be filled exactly once."""
+    def load_weights(
+        self, weights: Iterable[tuple[str, torch.Tensor | BlockQuantizedWeight]]
+    ) -> None:
+        """Copy checkpoint tensors in; every parameter must be filled exactly once.
+        Block-quantized tensors replace their layers where the whole layer came in blocks."""
         params = dict(self.named_parameters())
-        expected = set(self.checkpoint_shapes())
+        expected = self.checkpoint_shapes()
         loaded: set[str] = set()
+        blocks = BlockShards()
         for name, tensor in weights:
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
             if name not in expected:
                 raise ModelLoadError(f"checkpoint has an unexpected tensor {name!r}")
-            self._load_one(params, name, tensor)
+            if isinstance(tensor, BlockQuantizedWeight):
+                _check_shape(name, tensor.shape, expected[name])
+                blocks.add(*_target(name), name, tensor)
+            else:
+                self._load_one(params, name, tensor)
             loaded.add(name)
-        missing = expected - loaded
+        missing = set(expected) - loaded
         if missing:
             raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {min(missing)!r}")
+        blocks.install(self, self._shard_count, lambda name, t: self._load_one(params, name, t))
+        if self.config.tie_word_embeddings and isinstance(
+            self.model.embed_tokens, BlockQuantizedEmbedding
+        ):
+            self.lm_head = BlockQuantizedLinear(self.model.embed_tokens.weight, None)
+
+    def _shard_count(self, target: str) -> int:
+        fused = _fused_name(target)
+        return 1 if fused is None else len(self._shard_sizes(fused))
 
     def _load_one(self, params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor) -> None:
-        target_name, offset = name, 0
-        for original, (fused, shard) in PACKED_SHARDS.items():
-            if f".{original}." in name:
-                target_name = name.replace(original, fused)
-                offset = sum(self._shard_sizes(fused)[:shard])
-        param = params[target_name]
-        target = (
-            param.data.narrow(0, offset, tensor.shape[0]) if target_name != name else param.data
-        )
-        if target.shape != tensor.shape:
-            raise ModelLoadError(
-                f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
-            )
+        target_name, shard = _target(name)
+        target = params[target_name].data
+        fused = _fused_name(target_name)
+        if fused is not None:
+            offset = sum(self._shard_sizes(fused)[:shard])
+            target = target.narrow(0, offset, tensor.shape[0])
+        _check_shape(name, tuple(tensor.shape), tuple(target.shape))
         target.copy_(tensor)
+
+
+def _target(name: str) -> tuple[str, int]:
+    """The parameter a checkpoint tensor goes into, and which of its shards it is."""
+    for original, (fused, shard) in PACKED_SHARDS.items():
+        if f".{original}." in name:
+            return name.replace(original, fused), shard
+    return name, 0
+
+
+def _fused_name(target: str) -> str | None:
+    return next((fused for fused, _ in PACKED_SHARDS.values() if f".{fused}." in target), None)
+
+
+def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if shape != expected:
+        raise ModelLoadError(f"tensor {name!r} has shape {shape}, expected {expected}")

@@ -1,0 +1,143 @@
+"""GGUF weights kept in their quantized blocks: the repacked blocks expand to exactly what
+the gguf package's own dequantizer gives, the C++ kernel's products equal float64 products
+with those weights, and a model loads its layers in blocks where a whole layer came in
+one layout (the embedded model's greedy output against transformers is in
+test_embedded_model.py)."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.gguf_files import tiny_model, write_gguf
+from tome.kernels.block_quantized_matmul import (
+    EXPAND_FROM_ROWS,
+    block_quantized_matmul,
+    dequantize,
+    kernel_library,
+)
+from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
+from tome.loader import ModelSource, iter_weights
+from tome.loader.gguf_blocks import repack
+from tome.models.config import ModelConfig
+from tome.models.registry import model_class
+
+QUANTS = gguf.GGMLQuantizationType
+QUANTIZED_BY_GGUF = [QUANTS.Q4_0, QUANTS.Q4_1, QUANTS.Q8_0]
+
+pytestmark = pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler here")
+
+
+def _raw(qtype: QUANTS, rows: int, cols: int, seed: int) -> np.ndarray:
+    """A tensor's bytes as a GGUF file stores them."""
+    rng = np.random.default_rng(seed)
+    if qtype in QUANTIZED_BY_GGUF:
+        weights = rng.standard_normal((rows, cols)).astype(np.float32) * 0.05
+        return gguf.quants.quantize(weights, qtype)
+    # gguf cannot quantize to Q4_K; any bytes are a valid block once its two float16
+    # factors are finite, so random ones with small factors stand in.
+    blocks = rng.integers(0, 256, (rows * cols // 256, 144), dtype=np.uint8)
+    factors = (rng.random((blocks.shape[0], 2)) * 0.01).astype(np.float16)
+    blocks[:, :4] = factors.view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", [*QUANTIZED_BY_GGUF, QUANTS.Q4_K])
+@pytest.mark.parametrize(("rows", "cols"), [(1, 256), (13, 512), (70, 768)])
+def test_repacked_blocks_expand_to_gguf_dequantization(qtype, rows, cols):
+    raw = _raw(qtype, rows, cols, seed=rows)
+    expected = torch.from_numpy(gguf.quants.dequantize(raw, qtype))
+    weight = repack(raw, qtype)
+    assert weight.shape == (rows, cols)
+    assert torch.equal(dequantize(weight), expected)
+
+
+@pytest.mark.parametrize("qtype", [QUANTS.Q4_1, QUANTS.Q8_0, QUANTS.Q4_K])
+# Rows cover the kernel's 4-, 2- and 1-row tiles and the expand-then-BLAS path; 67 and
+# 9 output columns leave partial column tiles on both threads.
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 9, EXPAND_FROM_ROWS - 1, EXPAND_FROM_ROWS + 5])
+@pytest.mark.parametrize("n", [9, 67])
+def test_matmul_equals_float64_product(qtype, m, n):
+    raw = _raw(qtype, n, 512, seed=m * n)
+    reference = torch.from_numpy(gguf.quants.dequantize(raw, qtype)).double()
+    x = torch.randn(m, 512, generator=torch.Generator().manual_seed(m))
+    ours = block_quantized_matmul(x, repack(raw, qtype))
+    assert ours.dtype == torch.float32 and ours.shape == (m, n)
+    # A float32 dot product's error is bounded by a multiple of the sum of its terms'
+    # magnitudes; 1e-5 of it is about 1/20 of the worst case over 512 terms.
+    bound = 1e-5 * (x.double().abs() @ reference.abs().t())
+    assert ((ours.double() - x.double() @ reference.t()).abs() <= bound).all()
+
+
+def test_matmul_keeps_leading_dimensions():
+    weight = repack(_raw(QUANTS.Q4_0, 5, 64, seed=0), QUANTS.Q4_0)
+    x = torch.randn(2, 3, 64)
+    torch.testing.assert_close(
+        block_quantized_matmul(x, weight), x @ dequantize(weight).t(), rtol=1e-5, atol=1e-5
+    )
+
+
+def _load(path, config: ModelConfig) -> nn.Module:
+    model = model_class(config)(config)
+    model.load_weights(iter_weights(ModelSource("gguf", path), config, keep_blocks=True))
+    return model
+
+
+def _float_weights(path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    return dict(iter_weights(ModelSource("gguf", path), config))
+
+
+def _weight_of(module: nn.Module) -> torch.Tensor:
+    if isinstance(module, BlockQuantizedLinear | BlockQuantizedEmbedding):
+        return dequantize(module.weight)
+    return module.weight.detach()
+
+
+def test_llama_layers_in_one_layout_keep_their_blocks(tmp_path):
+    """q and v in Q4_0 but k in Q8_0: the fused q/k/v projection is expanded to float; every
+    other layer keeps its blocks, the tied head shares the embedding's. Each layer's weight,
+    rotary rows of q/k put back in HF order, equals the float loader's."""
+    hf_model = tiny_model("llama", tied=True, attention_bias=False)
+    qtypes = {"attn_k": "Q8_0", "token_embd": "Q8_0", "attn_output": "Q4_1", "ffn_down": "Q4_1"}
+    path = write_gguf(
+        hf_model,
+        "llama",
+        tmp_path / "mixed.gguf",
+        lambda name: next((q for part, q in qtypes.items() if part in name), "Q4_0"),
+    )
+    config = ModelConfig.from_hf(hf_model.config)
+    model, floats = _load(path, config), _float_weights(path, config)
+    layer = model.model.layers[1]
+    assert type(layer.self_attn.qkv_proj) is nn.Linear
+    for module in (layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+        assert isinstance(module, BlockQuantizedLinear)
+    assert isinstance(model.model.embed_tokens, BlockQuantizedEmbedding)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    prefix = "model.layers.1."
+    parts = {
+        "self_attn.qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        "self_attn.o_proj": ["self_attn.o_proj"],
+        "mlp.gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"],
+        "mlp.down_proj": ["mlp.down_proj"],
+    }
+    for fused, originals in parts.items():
+        expected = torch.cat([floats[f"{prefix}{name}.weight"] for name in originals])
+        assert torch.equal(_weight_of(layer.get_submodule(fused)), expected), fused
+    assert torch.equal(_weight_of(model.lm_head), floats["model.embed_tokens.weight"])
+
+
+def test_qwen2_projection_in_blocks_adds_its_bias(tmp_path):
+    hf_model = tiny_model("qwen2", tied=False)
+    path = write_gguf(hf_model, "qwen2", tmp_path / "q41.gguf", lambda name: "Q4_1")
+    config = ModelConfig.from_hf(hf_model.config)
+    model, floats = _load(path, config), _float_weights(path, config)
+    qkv = model.model.layers[0].self_attn.qkv_proj
+    assert isinstance(qkv, BlockQuantizedLinear) and isinstance(model.lm_head, BlockQuantizedLinear)
+    names = [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
+    weight = torch.cat([floats[f"{name}.weight"] for name in names])
+    bias = torch.cat([floats[f"{name}.bias"] for name in names])
+    x = torch.randn(3, config.hidden_size)
+    torch.testing.assert_close(qkv(x), x @ weight.t() + bias, rtol=1e-5, atol=1e-5)
+    ids = torch.tensor([[0, 5], [127, 5]])
+    assert torch.equal(model.model.embed_tokens(ids), floats["model.embed_tokens.weight"][ids])

@@ -1,0 +1,37 @@
+"""A linear layer and an embedding whose weight stays in GGUF's quantized blocks (see
+BlockQuantizedWeight): the CPU kernel multiplies by the blocks, and a lookup expands only
+the rows it picks. A tied LM head and embedding share one weight. Both work in float32."""
+
+import torch
+from torch import nn
+
+from tome.kernels.block_quantized_matmul import (
+    BlockQuantizedWeight,
+    block_quantized_matmul,
+    dequantize,
+)
+
+
+class _BlockQuantizedModule(nn.Module):
+    def __init__(self, weight: BlockQuantizedWeight) -> None:
+        super().__init__()
+        self.weight = weight
+        # Buffers, so that the module's memory shows in buffers() like any weight's.
+        for name, tensor in weight.tensors().items():
+            self.register_buffer(name, tensor, persistent=False)
+
+
+class BlockQuantizedLinear(_BlockQuantizedModule):
+    def __init__(self, weight: BlockQuantizedWeight, bias: torch.Tensor | None) -> None:
+        super().__init__(weight)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = block_quantized_matmul(x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
+class BlockQuantizedEmbedding(_BlockQuantizedModule):
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = dequantize(self.weight.rows(ids.reshape(-1)))
+        return rows.reshape(*ids.shape, -1)

@@ -1,0 +1,75 @@
+"""GGUF's block-quantized tensors repacked, not expanded, into the layout the CPU kernel
+reads (see BlockQuantizedWeight): 4-bit codes with a float scale and offset per 32
+weights, or 8-bit codes with a float scale.
+
+Q4_0, Q4_1 and Q8_0 store blocks of 32 already; Q4_K stores super-blocks of 256 whose
+eight sub-blocks of 32 have 6-bit scales and minimums under two float16 factors, and those
+products are exact in float32. Every weight the kernel then computes, scale * q + offset,
+equals the gguf package's own dequantization bit for bit. Other types (Q5, Q6_K, ...) are
+not repacked: the loader expands them to float as before."""
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import Q4_K
+
+from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
+
+QUANTS = GGMLQuantizationType
+REPACKED_TYPES = frozenset({QUANTS.Q4_0, QUANTS.Q4_1, QUANTS.Q4_K, QUANTS.Q8_0})
+
+
+def repack(data: np.ndarray, qtype: GGMLQuantizationType) -> BlockQuantizedWeight:
+    """A tensor's raw bytes, uint8 [rows, bytes per row] as GGUFReader maps them, in the
+    kernel's layout. `qtype` must be one of REPACKED_TYPES."""
+    rows = data.shape[0]
+    bits, codes, scales, offsets = _UNPACKERS[qtype](data.reshape(-1))
+    return BlockQuantizedWeight(
+        bits,
+        _tensor(codes.reshape(rows, -1)),
+        _tensor(scales.reshape(rows, -1)),
+        None if offsets is None else _tensor(offsets.reshape(rows, -1)),
+    )
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    # A copy: the arrays may be views of the read-only mapped file.
+    return torch.from_numpy(np.array(array, order="C"))
+
+
+def _float16(raw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(raw).view(np.float16).astype(np.float32).reshape(-1)
+
+
+def _q4_0(data: np.ndarray):
+    blocks = data.reshape(-1, 18)
+    scale = _float16(blocks[:, :2])
+    # w = scale * (q - 8); scale * q and 8 * scale are exact, so is their difference.
+    return 4, blocks[:, 2:], scale, -8.0 * scale
+
+
+def _q4_1(data: np.ndarray):
+    blocks = data.reshape(-1, 20)
+    return 4, blocks[:, 4:], _float16(blocks[:, :2]), _float16(blocks[:, 2:4])
+
+
+def _q8_0(data: np.ndarray):
+    blocks = data.reshape(-1, 34)
+    return 8, blocks[:, 2:], _float16(blocks[:, :2]), None
+
+
+def _q4_k(data: np.ndarray):
+    blocks = data.reshape(-1, 144)
+    super_scale, super_min = _float16(blocks[:, :2]), _float16(blocks[:, 2:4])
+    sub_scales, sub_mins = Q4_K.get_scale_min(blocks[:, 4:16])
+    scales = super_scale[:, None] * sub_scales.astype(np.float32)
+    offsets = -(super_min[:, None] * sub_mins.astype(np.float32))
+    # Each 32 bytes hold two sub-blocks: the first in the low nibbles, the next in the high.
+    packed = blocks[:, 16:].reshape(-1, 4, 1, 32)
+    values = (packed >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0x0F
+    values = values.reshape(-1, 32)
+    codes = values[:, :16] | (values[:, 16:] << 4)
+    return 4, codes, scales, offsets
+
+
+_UNPACKERS = {QUANTS.Q4_0: _q4_0, QUANTS.Q4_1: _q4_1, QUANTS.Q8_0: _q8_0, QUANTS.Q4_K: _q4_k}
