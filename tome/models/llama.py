@@ -7,11 +7,11 @@ under Hugging Face names and packs them."""
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tome.errors import ModelLoadError
 from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
+from tome.layers.activation import silu_and_mul
 from tome.layers.attention import Attention
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
@@ -61,13 +61,11 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.intermediate_size = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
