@@ -14,8 +14,10 @@ from tests.gguf_files import tiny_model, write_gguf
 from tome.kernels.block_quantized_matmul import (
     EXPAND_FROM_ROWS,
     block_quantized_matmul,
-    dequantize,
+    dequantize_transposed,
+    gather_rows,
     kernel_library,
+    pack,
 )
 from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
 from tome.loader import ModelSource, iter_weights
@@ -50,7 +52,10 @@ def test_repacked_blocks_expand_to_gguf_dequantization(qtype, rows, cols):
     expected = torch.from_numpy(gguf.quants.dequantize(raw, qtype))
     weight = repack(raw, qtype)
     assert weight.shape == (rows, cols)
-    assert torch.equal(dequantize(weight), expected)
+    packed = pack(weight)
+    assert torch.equal(dequantize_transposed(packed), expected.t())
+    index = torch.tensor([rows - 1, 0, rows // 2])
+    assert torch.equal(gather_rows(packed, index), expected[index])
 
 
 @pytest.mark.parametrize("qtype", [QUANTS.Q4_1, QUANTS.Q8_0, QUANTS.Q4_K])
@@ -62,7 +67,7 @@ def test_matmul_equals_float64_product(qtype, m, n):
     raw = _raw(qtype, n, 512, seed=m * n)
     reference = torch.from_numpy(gguf.quants.dequantize(raw, qtype)).double()
     x = torch.randn(m, 512, generator=torch.Generator().manual_seed(m))
-    ours = block_quantized_matmul(x, repack(raw, qtype))
+    ours = block_quantized_matmul(x, pack(repack(raw, qtype)))
     assert ours.dtype == torch.float32 and ours.shape == (m, n)
     # A float32 dot product's error is bounded by a multiple of the sum of its terms'
     # magnitudes; 1e-5 of it is about 1/20 of the worst case over 512 terms.
@@ -71,10 +76,10 @@ def test_matmul_equals_float64_product(qtype, m, n):
 
 
 def test_matmul_keeps_leading_dimensions():
-    weight = repack(_raw(QUANTS.Q4_0, 5, 64, seed=0), QUANTS.Q4_0)
+    weight = pack(repack(_raw(QUANTS.Q4_0, 5, 64, seed=0), QUANTS.Q4_0))
     x = torch.randn(2, 3, 64)
     torch.testing.assert_close(
-        block_quantized_matmul(x, weight), x @ dequantize(weight).t(), rtol=1e-5, atol=1e-5
+        block_quantized_matmul(x, weight), x @ dequantize_transposed(weight), rtol=1e-5, atol=1e-5
     )
 
 
@@ -90,7 +95,7 @@ def _float_weights(path, config: ModelConfig) -> dict[str, torch.Tensor]:
 
 def _weight_of(module: nn.Module) -> torch.Tensor:
     if isinstance(module, BlockQuantizedLinear | BlockQuantizedEmbedding):
-        return dequantize(module.weight)
+        return dequantize_transposed(module.weight).t()
     return module.weight.detach()
 
 

@@ -1,19 +1,19 @@
-"""A linear layer and an embedding whose weight stays in GGUF's quantized blocks (see
-BlockQuantizedWeight): the CPU kernel multiplies by the blocks, and a lookup expands only
-the rows it picks. A tied LM head and embedding share one weight. Both work in float32."""
+"""A linear layer and an embedding whose weight stays in GGUF's quantized blocks, packed for
+the CPU kernel: it multiplies by the blocks, and a lookup expands only the rows it picks.
+A tied LM head and embedding share one weight. Both work in float32."""
 
 import torch
 from torch import nn
 
 from tome.kernels.block_quantized_matmul import (
-    BlockQuantizedWeight,
+    PackedWeight,
     block_quantized_matmul,
-    dequantize,
+    gather_rows,
 )
 
 
 class _BlockQuantizedModule(nn.Module):
-    def __init__(self, weight: BlockQuantizedWeight) -> None:
+    def __init__(self, weight: PackedWeight) -> None:
         super().__init__()
         self.weight = weight
         # Buffers, so that the module's memory shows in buffers() like any weight's.
@@ -22,7 +22,7 @@ class _BlockQuantizedModule(nn.Module):
 
 
 class BlockQuantizedLinear(_BlockQuantizedModule):
-    def __init__(self, weight: BlockQuantizedWeight, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: PackedWeight, bias: torch.Tensor | None) -> None:
         super().__init__(weight)
         self.bias = bias
 
@@ -33,5 +33,4 @@ class BlockQuantizedLinear(_BlockQuantizedModule):
 
 class BlockQuantizedEmbedding(_BlockQuantizedModule):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = dequantize(self.weight.rows(ids.reshape(-1)))
-        return rows.reshape(*ids.shape, -1)
+        return gather_rows(self.weight, ids.reshape(-1)).view(*ids.shape, -1)

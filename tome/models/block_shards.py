@@ -12,7 +12,8 @@ from torch import nn
 from tome.kernels.block_quantized_matmul import (
     BlockQuantizedWeight,
     concatenate_rows,
-    dequantize,
+    dequantize_transposed,
+    pack,
 )
 from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
 
@@ -39,11 +40,10 @@ class BlockShards:
             parts = [weight for _, weight in (shards[i] for i in sorted(shards))]
             whole = len(parts) == shard_count(target) and len({p.bits for p in parts}) == 1
             if whole and isinstance(module, nn.Linear):
-                model.set_submodule(
-                    module_name, BlockQuantizedLinear(concatenate_rows(parts), module.bias)
-                )
+                packed = pack(concatenate_rows(parts))
+                model.set_submodule(module_name, BlockQuantizedLinear(packed, module.bias))
             elif whole and isinstance(module, nn.Embedding):
-                model.set_submodule(module_name, BlockQuantizedEmbedding(parts[0]))
+                model.set_submodule(module_name, BlockQuantizedEmbedding(pack(parts[0])))
             else:
                 for name, weight in shards.values():
-                    copy_float(name, dequantize(weight))
+                    copy_float(name, dequantize_transposed(pack(weight)).t())
