@@ -27,27 +27,60 @@
 
 namespace {
 
-// Ways the cache stores a value; each reads element d of a row as a float.
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
+// Ways the cache stores a row (one token's one KV head); each gives the row as floats,
+// the stored row itself for float32, else converted into `scratch` once, to serve every
+// query head of the group.
 struct Float32 {
   using Stored = float;
-  static float get(const Stored* row, int d, const float*) { return row[d]; }
+  static const float* floats(const Stored* row, int, const float*, float*) { return row; }
 };
 struct BFloat16 {
   using Stored = uint16_t;
-  static float get(const Stored* row, int d, const float*) {
-    const uint32_t bits = uint32_t(row[d]) << 16;
-    float value;
-    std::memcpy(&value, &bits, sizeof(value));
-    return value;
+  static const float* floats(const Stored* row, int dim, const float*, float* scratch) {
+    int d = 0;
+    for (; d + 16 <= dim; d += 16) {
+      u16x16 halves;
+      std::memcpy(&halves, row + d, sizeof halves);
+      const u32x16 bits = __builtin_convertvector(halves, u32x16) << 16;
+      std::memcpy(scratch + d, &bits, sizeof bits);
+    }
+    for (; d < dim; ++d) {
+      const uint32_t bits = uint32_t(row[d]) << 16;
+      std::memcpy(scratch + d, &bits, sizeof(float));
+    }
+    return scratch;
   }
 };
+// 16 bytes at a time in vector instructions. GCC (12) widens signed bytes one by one but
+// unsigned ones in vectors, so each byte is read unsigned with its sign bit flipped
+// (q + 128) and 128 taken off as a float, which is exact.
 struct Int8 {
   using Stored = int8_t;
-  static float get(const Stored* row, int d, const float*) { return float(row[d]); }
+  static const float* floats(const Stored* row, int dim, const float*, float* scratch) {
+    int d = 0;
+    for (; d + 16 <= dim; d += 16) {
+      u8x16 bytes;
+      std::memcpy(&bytes, row + d, sizeof bytes);
+      const f32x16 values =
+          __builtin_convertvector(__builtin_convertvector(bytes ^ 0x80, i32x16), f32x16) - 128.f;
+      std::memcpy(scratch + d, &values, sizeof values);
+    }
+    for (; d < dim; ++d) scratch[d] = float(row[d]);
+    return scratch;
+  }
 };
 struct Table8 {
   using Stored = uint8_t;
-  static float get(const Stored* row, int d, const float* table) { return table[row[d]]; }
+  static const float* floats(const Stored* row, int dim, const float* table, float* scratch) {
+    for (int d = 0; d < dim; ++d) scratch[d] = table[row[d]];
+    return scratch;
+  }
 };
 
 enum CacheKind { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2, kTable8 = 3 };
@@ -79,6 +112,8 @@ struct Partial {
 // Tokens whose scores a worker holds at once. Their keys and values (192 KB each for
 // SmolLM2's heads in float32) stay in L2 for the passes over them.
 constexpr int kChunkTokens = 256;
+// How far ahead of the token being scored its successors' keys and values are fetched.
+constexpr int kPrefetchTokens = 8;
 
 // One work item's view of its sequence: kGroup and kDim are the query heads per KV head
 // and the head size when known at compile time (0: read from the problem at run time).
@@ -90,7 +125,8 @@ struct Worker {
   const int seq, heads, kv_heads, dim, group, block_size, chunk_blocks;
   const Stored* keys;
   const Stored* values;
-  std::vector<float> query, scores;
+  std::vector<float> query, scores, row_floats;
+  std::vector<int64_t> slots;
 
   Worker(const Problem& problem, int sequence)
       : p(problem), seq(sequence), heads(p.num_heads), kv_heads(p.num_kv_heads),
@@ -98,29 +134,53 @@ struct Worker {
         block_size(p.block_size), chunk_blocks(std::max(1, kChunkTokens / block_size)),
         keys(static_cast<const Stored*>(p.k_cache)),
         values(static_cast<const Stored*>(p.v_cache)), query(size_t(heads) * dim),
-        scores(size_t(heads) * chunk_blocks * block_size) {
+        scores(size_t(heads) * chunk_blocks * block_size), row_floats(dim),
+        slots(size_t(chunk_blocks) * block_size + kPrefetchTokens) {
     for (int i = 0; i < heads * dim; ++i) query[i] = p.q[size_t(seq) * heads * dim + i] * p.scale;
   }
 
-  // Row (token slot, KV head) of the cache for token n of the chunk starting at block `chunk`.
-  int64_t row(int chunk, int n, int h) const {
-    const int64_t block = p.block_tables[seq * p.table_stride + chunk + n / block_size];
-    return (block * block_size + n % block_size) * kv_heads + h;
+  // The cache slot of each of the chunk's tokens and of the next few the item holds
+  // (`known` in all), found once per chunk: row() below is asked for every token and KV
+  // head twice, and dividing by the block size each time cost more than the arithmetic
+  // of the attention itself.
+  void find_slots(int chunk, int known) {
+    for (int first = 0, b = chunk; first < known; first += block_size, ++b) {
+      const int64_t block = p.block_tables[seq * p.table_stride + b];
+      const int in_block = std::min(block_size, known - first);
+      for (int t = 0; t < in_block; ++t) slots[first + t] = block * block_size + t;
+    }
   }
 
-  // Scores of the chunk's tokens, into scores[head][n]: keys read in memory order.
-  void score(int chunk, int tokens) {
+  // Row (token slot, KV head) of the cache for token n of the current chunk.
+  int64_t row(int n, int h) const { return slots[n] * kv_heads + h; }
+
+  // Asks for token n's keys and values (all KV heads: contiguous) ahead of their use.
+  void prefetch(int n) const {
+    const int64_t bytes = int64_t(kv_heads) * dim * sizeof(Stored);
+    const char* key = reinterpret_cast<const char*>(keys + row(n, 0) * dim);
+    const char* value = reinterpret_cast<const char*>(values + row(n, 0) * dim);
+    for (int64_t line = 0; line < bytes; line += 64) {
+      __builtin_prefetch(key + line, 0, 1);
+      __builtin_prefetch(value + line, 0, 1);
+    }
+  }
+
+  // Scores of the chunk's tokens, into scores[head][n]: keys read in memory order. The
+  // keys and values of a token kPrefetchTokens on are fetched meanwhile: on its own the
+  // hardware prefetcher left the loads waiting on memory most of the time.
+  void score(int tokens, int known) {
     const int stride = chunk_blocks * block_size;
     for (int n = 0; n < tokens; ++n) {
+      if (n + kPrefetchTokens < known) prefetch(n + kPrefetchTokens);
       for (int h = 0; h < kv_heads; ++h) {
-        const int64_t r = row(chunk, n, h);
-        const Stored* key = keys + r * dim;
+        const int64_t r = row(n, h);
+        const float* key = Cache::floats(keys + r * dim, dim, p.table, row_floats.data());
         const float key_scale = p.k_scale ? p.k_scale[r] : 1.f;
         for (int j = 0; j < group; ++j) {
           const float* q = query.data() + (h * group + j) * dim;
           float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-          for (int d = 0; d < dim; ++d) dot += q[d] * Cache::get(key, d, p.table);
+          for (int d = 0; d < dim; ++d) dot += q[d] * key[d];
           scores[(h * group + j) * stride + n] = dot * key_scale;
         }
       }
@@ -160,13 +220,14 @@ struct Worker {
       float* __restrict__ sums = kGroup && kDim ? local : acc;
       if (kGroup && kDim) std::copy(acc, acc + group * dim, local);
       for (int n = 0; n < tokens; ++n) {
-        const int64_t r = row(chunk, n, h);
-        const Stored* __restrict__ value = values + r * dim;
+        const int64_t r = row(n, h);
+        const float* __restrict__ value =
+            Cache::floats(values + r * dim, dim, p.table, row_floats.data());
         const float value_scale = p.v_scale ? p.v_scale[r] : 1.f;
         for (int j = 0; j < group; ++j) {
           const float weight = scores[(h * group + j) * stride + n] * value_scale;
 #pragma omp simd
-          for (int d = 0; d < dim; ++d) sums[j * dim + d] += weight * Cache::get(value, d, p.table);
+          for (int d = 0; d < dim; ++d) sums[j * dim + d] += weight * value[d];
         }
       }
       if (kGroup && kDim) std::copy(local, local + group * dim, acc);
@@ -181,10 +242,14 @@ struct Worker {
     std::vector<float> max(heads, -FLT_MAX), sum(heads, 0.f), acc(size_t(heads) * dim, 0.f);
     const Partial part{max.data(), sum.data(), acc.data()};
     const int64_t length = p.context_lens[seq];
+    const int64_t item_end = std::min<int64_t>(int64_t(last) * block_size, length);
     for (int chunk = first; chunk < last; chunk += chunk_blocks) {
+      const int64_t start = int64_t(chunk) * block_size;
       const int64_t end = std::min<int64_t>(int64_t(std::min(chunk + chunk_blocks, last)) * block_size, length);
-      const int tokens = int(end - int64_t(chunk) * block_size);
-      score(chunk, tokens);
+      const int tokens = int(end - start);
+      const int known = int(std::min<int64_t>(end + kPrefetchTokens, item_end) - start);
+      find_slots(chunk, known);
+      score(tokens, known);
       softmax(tokens, part);
       accumulate(chunk, tokens, part);
     }
