@@ -108,6 +108,7 @@ def test_report_without_transformers():
         (["--dtype", "float8"], "dtype must be auto or one of"),
         (["--decode-tokens", "1"], "--decode-tokens must be >= 2"),
         (["--model", "x", "--dummy", "y"], "give --model or --dummy, not both"),
+        (["--gguf-weights", "q4"], "gguf_weights must be auto or dequantize"),
     ],
 )
 def test_bad_flags_are_one_line_errors(args, message):

@@ -187,6 +187,13 @@ def bench(
     prefill_chunk: Annotated[
         int | None, typer.Option(help="Ours: most prompt tokens a step (default: whole prompts).")
     ] = None,
+    gguf_weights: Annotated[
+        str,
+        typer.Option(
+            help="Ours, for a GGUF model: auto computes from its quantized blocks where the "
+            "CPU kernel runs; dequantize expands them to float at load, as transformers does."
+        ),
+    ] = "auto",
 ) -> None:
     """Our engine and transformers side by side: prefill and decode tokens/s, peak memory;
     with a roofline, the device's bound beside them."""
@@ -213,6 +220,7 @@ def bench(
             roofline=roofline,
             roofline_peak=roofline_peak,
             prefill_chunk=prefill_chunk,
+            gguf_weights=gguf_weights,
         )
         run_bench(config, console)
     except TomeError as exc:

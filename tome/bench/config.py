@@ -30,6 +30,7 @@ class BenchConfig:
     roofline: bool = False  # the roofline columns; always on for cuda
     roofline_peak: str = MEASURE  # measure the device, or a DevicePeak preset's name
     prefill_chunk: int | None = None  # ours only: most prompt tokens a step
+    gguf_weights: str = "auto"  # ours only: EngineConfig.gguf_weights
 
     @property
     def decode_prompt_lens(self) -> tuple[int, ...]:
@@ -68,6 +69,7 @@ class BenchConfig:
             device=self.device,
             kv_cache_dtype=self.kv_cache_dtype,
             rope_scaling=self.rope_scaling,
+            gguf_weights=self.gguf_weights,
         )
         return config.resolved_device()
 

@@ -28,6 +28,7 @@ def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
         rope_scaling=model.rope_scaling,
         sparse_prefill=model.sparse_prefill,
         load_format="dummy" if model.dummy else "auto",
+        gguf_weights=model.gguf_weights,
         kv_cache_memory=pool.bytes,
         block_size=BLOCK_SIZE,
         max_num_batched_tokens=step_tokens,

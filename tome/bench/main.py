@@ -111,6 +111,7 @@ def _model_spec(config: BenchConfig, source: ModelSource, hf_config: PretrainedC
         rope_scaling=config.rope_scaling,
         sparse_prefill=config.sparse_prefill,
         prefill_chunk=config.prefill_chunk,
+        gguf_weights=config.gguf_weights,
     )
 
 

@@ -32,6 +32,8 @@ class Report:
     def title(self) -> str:
         w = self.workload
         weights = "random weights" if self.model.dummy else "weights from the file"
+        if not self.model.dummy and self.model.source.kind == "gguf":
+            weights += f", ours with gguf_weights={self.model.gguf_weights}"
         sparse = ", sparse prefill" if self.model.sparse_prefill else ""
         return (
             f"{self.model.name} ({weights}), {self.model.dtype} on {self.model.device}, "

@@ -21,6 +21,7 @@ class ModelSpec:
     rope_scaling: dict | None = None  # EngineConfig.rope_scaling, put on both sides
     sparse_prefill: SparsePrefillConfig | None = None  # ours only
     prefill_chunk: int | None = None  # ours only: most prompt tokens a step; None: whole prompts
+    gguf_weights: str = "auto"  # ours only: EngineConfig.gguf_weights
 
     @property
     def torch_dtype(self) -> torch.dtype:
