@@ -8,6 +8,7 @@ import torch
 from rich.progress import Progress
 
 from tome.engine.config import DTYPES, EngineConfig
+from tome.kernels import cpu_layer_ops
 from tome.kernels.block_quantized_matmul import kernel_library
 from tome.layers.transposed_linear import transpose_layer_linears
 from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
@@ -63,6 +64,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
     )
     if device.type == "cpu" and dtype == torch.float32:  # bf16 matmuls go faster unchanged
         transpose_layer_linears(model)
+        cpu_layer_ops.kernel_library()  # compiled now, if ever, not in the first request
     model.eval()
     logger.info("loaded %s (%s, %s) on %s", source.name, model_config.architecture, dtype, device)
     return LoadedModel(model, tokenizer, model_config, source, dtype, keeps_blocks)
