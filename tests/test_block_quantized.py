@@ -84,8 +84,13 @@ def test_matmul_keeps_leading_dimensions():
 
 
 def _load(path, config: ModelConfig) -> nn.Module:
-    model = model_class(config)(config)
-    model.load_weights(iter_weights(ModelSource("gguf", path), config, keep_blocks=True))
+    """As the engine loads: the model built on the meta device, each float parameter
+    allocated as its tensor arrives."""
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    weights = iter_weights(ModelSource("gguf", path), config, keep_blocks=True)
+    model.load_weights(weights, torch.device("cpu"))
+    assert not any(t.is_meta for t in model.parameters())
     return model
 
 
@@ -119,6 +124,11 @@ def test_llama_layers_in_one_layout_keep_their_blocks(tmp_path):
         assert isinstance(module, BlockQuantizedLinear)
     assert isinstance(model.model.embed_tokens, BlockQuantizedEmbedding)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+    # Only the norms and the expanded q/k/v projection took float memory.
+    in_float = [
+        n for n in floats if "norm" in n or n.split(".")[-2] in ("q_proj", "k_proj", "v_proj")
+    ]
+    assert sum(t.numel() for t in model.parameters()) == sum(floats[n].numel() for n in in_float)
     prefix = "model.layers.1."
     parts = {
         "self_attn.qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
@@ -130,6 +140,16 @@ def test_llama_layers_in_one_layout_keep_their_blocks(tmp_path):
         expected = torch.cat([floats[f"{prefix}{name}.weight"] for name in originals])
         assert torch.equal(_weight_of(layer.get_submodule(fused)), expected), fused
     assert torch.equal(_weight_of(model.lm_head), floats["model.embed_tokens.weight"])
+
+
+def test_float_gguf_built_on_meta_keeps_its_tied_head(tmp_path):
+    hf_model = tiny_model("llama", tied=True, attention_bias=False)
+    path = write_gguf(hf_model, "llama", tmp_path / "f32.gguf")
+    config = ModelConfig.from_hf(hf_model.config)
+    model, floats = _load(path, config), _float_weights(path, config)
+    assert type(model.lm_head) is nn.Linear
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(model.lm_head.weight, floats["model.embed_tokens.weight"])
 
 
 def test_qwen2_projection_in_blocks_adds_its_bias(tmp_path):

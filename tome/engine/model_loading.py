@@ -52,7 +52,9 @@ def load_model(config: EngineConfig) -> LoadedModel:
     device = config.resolved_device()
     dtype = choose_dtype(config.dtype, hf_config, device)
     tokenizer = Tokenizer.from_source(source)
-    with torch.device(device):
+    # Built without memory; load_weights allocates each float parameter on `device` as its
+    # tensor arrives, so layers that stay in GGUF blocks never take their float size.
+    with torch.device("meta"):
         model = model_class(model_config)(model_config).to(dtype)
     keeps_blocks = _keeps_blocks(config, source, device, dtype)
     if config.load_format == "dummy":
@@ -60,7 +62,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
     else:
         weights = iter_weights(source, model_config, keeps_blocks)
     model.load_weights(
-        _with_progress(weights, len(model.checkpoint_shapes()), config.show_progress)
+        _with_progress(weights, len(model.checkpoint_shapes()), config.show_progress), device
     )
     if device.type == "cpu" and dtype == torch.float32:  # bf16 matmuls go faster unchanged
         transpose_layer_linears(model)

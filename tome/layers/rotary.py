@@ -45,6 +45,12 @@ def context_window(hf_config: Any) -> int:
 class RotaryEmbedding(nn.Module):
     def __init__(self, hf_config: Any, head_dim: int) -> None:
         super().__init__()
+        # On the CPU whatever device the model is built on (the loader builds it on "meta",
+        # where they would hold no values); cos_sin moves them to the positions' device.
+        with torch.device("cpu"):
+            self._set_frequencies(hf_config, head_dim)
+
+    def _set_frequencies(self, hf_config: Any, head_dim: int) -> None:
         params = rope_parameters(hf_config)
         self.rope_type = params["rope_type"]
         self.theta = params["rope_theta"]

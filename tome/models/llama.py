@@ -156,10 +156,15 @@ class LlamaForCausalLM(nn.Module):
         return [c.intermediate_size, c.intermediate_size]
 
     def load_weights(
-        self, weights: Iterable[tuple[str, torch.Tensor | BlockQuantizedWeight]]
+        self,
+        weights: Iterable[tuple[str, torch.Tensor | BlockQuantizedWeight]],
+        device: torch.device | None = None,
     ) -> None:
         """Copy checkpoint tensors in; every parameter must be filled exactly once.
-        Block-quantized tensors replace their layers where the whole layer came in blocks."""
+        Block-quantized tensors replace their layers where the whole layer came in blocks.
+        A model built on the meta device gets each parameter allocated on `device` (the
+        CPU by default) when its first tensor arrives."""
+        self._load_device = device or torch.device("cpu")
         params = dict(self.named_parameters())
         expected = self.checkpoint_shapes()
         loaded: set[str] = set()
@@ -179,10 +184,17 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {min(missing)!r}")
         blocks.install(self, self._shard_count, lambda name, t: self._load_one(params, name, t))
-        if self.config.tie_word_embeddings and isinstance(
-            self.model.embed_tokens, BlockQuantizedEmbedding
-        ):
-            self.lm_head = BlockQuantizedLinear(self.model.embed_tokens.weight, None)
+        if self.config.tie_word_embeddings:
+            embedding = self.model.embed_tokens
+            if isinstance(embedding, BlockQuantizedEmbedding):
+                self.lm_head = BlockQuantizedLinear(embedding.weight, None)
+            else:
+                self.lm_head.weight = embedding.weight
+        unfilled = [name for name, t in self.named_parameters() if t.is_meta]
+        if unfilled:
+            raise ModelLoadError(
+                f"no weights reached {len(unfilled)} tensors, e.g. {unfilled[0]!r}"
+            )
 
     def _shard_count(self, target: str) -> int:
         fused = _fused_name(target)
@@ -190,6 +202,8 @@ class LlamaForCausalLM(nn.Module):
 
     def _load_one(self, params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor) -> None:
         target_name, shard = _target(name)
+        if params[target_name].is_meta:
+            params[target_name] = self._allocate(target_name, params[target_name])
         target = params[target_name].data
         fused = _fused_name(target_name)
         if fused is not None:
@@ -197,6 +211,16 @@ class LlamaForCausalLM(nn.Module):
             target = target.narrow(0, offset, tensor.shape[0])
         _check_shape(name, tuple(tensor.shape), tuple(target.shape))
         target.copy_(tensor)
+
+    def _allocate(self, name: str, placeholder: nn.Parameter) -> nn.Parameter:
+        """A real, uninitialized parameter in the place of a meta one."""
+        module_name, attribute = name.rsplit(".", 1)
+        real = nn.Parameter(
+            torch.empty(placeholder.shape, dtype=placeholder.dtype, device=self._load_device),
+            requires_grad=False,
+        )
+        self.get_submodule(module_name).register_parameter(attribute, real)
+        return real
 
 
 def _target(name: str) -> tuple[str, int]:
