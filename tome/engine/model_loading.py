@@ -9,7 +9,7 @@ from rich.progress import Progress
 
 from tome.engine.config import DTYPES, EngineConfig
 from tome.kernels import cpu_layer_ops
-from tome.kernels.block_quantized_matmul import kernel_library
+from tome.kernels.block_quantized_matmul import runs_fast
 from tome.layers.transposed_linear import transpose_layer_linears
 from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
 from tome.loader.model_source import ModelSource
@@ -81,7 +81,7 @@ def _keeps_blocks(
         and source.kind == "gguf"
         and device.type == "cpu"
         and dtype == torch.float32
-        and kernel_library() is not None
+        and runs_fast()
     )
 
 

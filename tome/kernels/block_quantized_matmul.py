@@ -115,11 +115,19 @@ def kernel_library() -> ctypes.CDLL | None:
     library.tome_block_quantized_dequantize_transposed.argtypes = [
         ctypes.c_int, size, pointer, pointer, pointer, size, pointer
     ]  # fmt: skip
+    library.tome_block_quantized_is_fast.restype = ctypes.c_int
+    library.tome_block_quantized_is_fast.argtypes = []
     library.tome_block_quantized_rows.restype = ctypes.c_int
     library.tome_block_quantized_rows.argtypes = [
         ctypes.c_int, size, pointer, pointer, pointer, pointer, size, pointer
     ]  # fmt: skip
     return library
+
+
+def runs_fast() -> bool:
+    """Whether the kernel builds here and beats float32 BLAS (it needs AVX-512)."""
+    library = kernel_library()
+    return library is not None and library.tome_block_quantized_is_fast() == 1
 
 
 def block_quantized_matmul(x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:

@@ -44,12 +44,14 @@ struct BFloat16 {
   using Stored = uint16_t;
   static const float* floats(const Stored* row, int dim, const float*, float* scratch) {
     int d = 0;
+#ifdef __AVX512F__  // without it GCC takes 16-lane widenings one lane at a time
     for (; d + 16 <= dim; d += 16) {
       u16x16 halves;
       std::memcpy(&halves, row + d, sizeof halves);
       const u32x16 bits = __builtin_convertvector(halves, u32x16) << 16;
       std::memcpy(scratch + d, &bits, sizeof bits);
     }
+#endif
     for (; d < dim; ++d) {
       const uint32_t bits = uint32_t(row[d]) << 16;
       std::memcpy(scratch + d, &bits, sizeof(float));
@@ -57,13 +59,15 @@ struct BFloat16 {
     return scratch;
   }
 };
-// 16 bytes at a time in vector instructions. GCC (12) widens signed bytes one by one but
-// unsigned ones in vectors, so each byte is read unsigned with its sign bit flipped
-// (q + 128) and 128 taken off as a float, which is exact.
+// 16 bytes at a time in vector instructions (with AVX-512; without it GCC takes 16-lane
+// widenings one lane at a time). GCC (12) widens signed bytes one by one but unsigned ones
+// in vectors, so each byte is read unsigned with its sign bit flipped (q + 128) and 128
+// taken off as a float, which is exact.
 struct Int8 {
   using Stored = int8_t;
   static const float* floats(const Stored* row, int dim, const float*, float* scratch) {
     int d = 0;
+#ifdef __AVX512F__
     for (; d + 16 <= dim; d += 16) {
       u8x16 bytes;
       std::memcpy(&bytes, row + d, sizeof bytes);
@@ -71,6 +75,7 @@ struct Int8 {
           __builtin_convertvector(__builtin_convertvector(bytes ^ 0x80, i32x16), f32x16) - 128.f;
       std::memcpy(scratch + d, &values, sizeof values);
     }
+#endif
     for (; d < dim; ++d) scratch[d] = float(row[d]);
     return scratch;
   }
