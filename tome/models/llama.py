@@ -184,17 +184,23 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {min(missing)!r}")
         blocks.install(self, self._shard_count, lambda name, t: self._load_one(params, name, t))
-        if self.config.tie_word_embeddings:
-            embedding = self.model.embed_tokens
-            if isinstance(embedding, BlockQuantizedEmbedding):
-                self.lm_head = BlockQuantizedLinear(embedding.weight, None)
-            else:
-                self.lm_head.weight = embedding.weight
+        self._tie_head()
         unfilled = [name for name, t in self.named_parameters() if t.is_meta]
         if unfilled:
             raise ModelLoadError(
                 f"no weights reached {len(unfilled)} tensors, e.g. {unfilled[0]!r}"
             )
+
+    def _tie_head(self) -> None:
+        """The head shares the embedding's weight again: it may have been allocated, or
+        kept in blocks, after the two were tied at construction."""
+        if not self.config.tie_word_embeddings:
+            return
+        embedding = self.model.embed_tokens
+        if isinstance(embedding, BlockQuantizedEmbedding):
+            self.lm_head = BlockQuantizedLinear(embedding.weight, None)
+        else:
+            self.lm_head.weight = embedding.weight
 
     def _shard_count(self, target: str) -> int:
         fused = _fused_name(target)
