@@ -28,19 +28,28 @@ def write_kv(
     cache: LayerKVCache, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Store the new tokens' K/V ([tokens, kv_heads, head_dim]) in their cache slots,
-    quantized with their scales when the cache is."""
-    _write_slots(cache.k, cache.k_scale, k, slot_mapping)
-    _write_slots(cache.v, cache.v_scale, v, slot_mapping)
+    quantized with their scales when the cache is (K and V in one call: at decode the
+    quantization's dozen small ops cost more than their arithmetic)."""
+    if cache.quantized:
+        values, scales = quantize_for_cache(torch.stack((k, v)), cache.k.dtype)
+        _write_slots(cache.k, values[0], slot_mapping, cache.k_scale, scales[0])
+        _write_slots(cache.v, values[1], slot_mapping, cache.v_scale, scales[1])
+    else:
+        _write_slots(cache.k, k.to(cache.k.dtype), slot_mapping)
+        _write_slots(cache.v, v.to(cache.v.dtype), slot_mapping)
 
 
 def _write_slots(
-    store: torch.Tensor, scale: torch.Tensor | None, new: torch.Tensor, slot_mapping: torch.Tensor
+    store: torch.Tensor,
+    values: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    new_scale: torch.Tensor | None = None,
 ) -> None:
     slots = store.view(-1, *store.shape[2:])
     if scale is None:
-        slots.index_copy_(0, slot_mapping, new.to(store.dtype))
+        slots.index_copy_(0, slot_mapping, values)
         return
-    values, new_scale = quantize_for_cache(new, store.dtype)
     # As raw bytes: CPU index_copy_ has no float8 kernel.
     slots.view(torch.uint8).index_copy_(0, slot_mapping, values.view(torch.uint8))
     scale.view(-1, scale.shape[2]).index_copy_(0, slot_mapping, new_scale)
