@@ -13,7 +13,7 @@ from functools import cache
 
 import torch
 
-from tome.kernels.cpu_kernels import load
+from tome.kernels.cpu_kernels import load_declared
 
 BLOCK = 32
 PANEL = 16
@@ -103,25 +103,25 @@ def _panels(rows: torch.Tensor) -> torch.Tensor:
 @cache
 def kernel_library() -> ctypes.CDLL | None:
     """The compiled kernel, its functions declared; None where it cannot be built."""
-    library = load("block_quantized_matmul")
-    if library is None:
-        return None
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.tome_block_quantized_matmul.restype = ctypes.c_int
-    library.tome_block_quantized_matmul.argtypes = [
-        ctypes.c_int, pointer, size, size, pointer, pointer, pointer, size, pointer
-    ]  # fmt: skip
-    library.tome_block_quantized_dequantize_transposed.restype = ctypes.c_int
-    library.tome_block_quantized_dequantize_transposed.argtypes = [
-        ctypes.c_int, size, pointer, pointer, pointer, size, pointer
-    ]  # fmt: skip
-    library.tome_block_quantized_is_fast.restype = ctypes.c_int
-    library.tome_block_quantized_is_fast.argtypes = []
-    library.tome_block_quantized_rows.restype = ctypes.c_int
-    library.tome_block_quantized_rows.argtypes = [
-        ctypes.c_int, size, pointer, pointer, pointer, pointer, size, pointer
-    ]  # fmt: skip
-    return library
+    pointer, size, integer = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    return load_declared(
+        "block_quantized_matmul",
+        {
+            "tome_block_quantized_matmul": (
+                integer,
+                [integer, pointer, size, size, pointer, pointer, pointer, size, pointer],
+            ),
+            "tome_block_quantized_dequantize_transposed": (
+                integer,
+                [integer, size, pointer, pointer, pointer, size, pointer],
+            ),
+            "tome_block_quantized_rows": (
+                integer,
+                [integer, size, pointer, pointer, pointer, pointer, size, pointer],
+            ),
+            "tome_block_quantized_is_fast": (integer, []),
+        },
+    )
 
 
 def runs_fast() -> bool:

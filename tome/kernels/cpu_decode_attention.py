@@ -10,7 +10,7 @@ from functools import cache
 import torch
 
 from tome.kernels.cache_operands import kernel_outputs, kernel_queries
-from tome.kernels.cpu_kernels import load
+from tome.kernels.cpu_kernels import load_declared
 from tome.layers.layer_kv_cache import LayerKVCache
 
 # The kernel's codes for the cache dtypes it reads (its CacheKind).
@@ -39,11 +39,9 @@ KERNEL_ARGUMENTS = [
 @cache
 def kernel_library() -> ctypes.CDLL | None:
     """The compiled kernel, its signature declared; None where it cannot be built."""
-    library = load("paged_decode_attention")
-    if library is not None:
-        library.tome_paged_decode_attention.restype = ctypes.c_int
-        library.tome_paged_decode_attention.argtypes = KERNEL_ARGUMENTS
-    return library
+    return load_declared(
+        "paged_decode_attention", {"tome_paged_decode_attention": (ctypes.c_int, KERNEL_ARGUMENTS)}
+    )
 
 
 def unsupported_reason(device: torch.device, kv_dtype: torch.dtype) -> str | None:

@@ -29,6 +29,10 @@ FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17", "-shar
 X86_FLAGS = ("-mprefer-vector-width=512",)
 
 
+# A C function's result type and argument types, as ctypes declares them.
+Signature = tuple[type | None, list[type]]
+
+
 class KernelBuildError(RuntimeError):
     """A CPU kernel could not be compiled or loaded."""
 
@@ -46,6 +50,16 @@ def load(name: str) -> ctypes.CDLL | None:
     except (KernelBuildError, OSError) as exc:
         logger.warning("CPU kernel %s unavailable, using torch ops instead: %s", name, exc)
         return None
+
+
+def load_declared(name: str, signatures: dict[str, Signature]) -> ctypes.CDLL | None:
+    """load(name) with the signatures of its functions declared, or None."""
+    library = load(name)
+    if library is not None:
+        for function, (result, arguments) in signatures.items():
+            getattr(library, function).restype = result
+            getattr(library, function).argtypes = arguments
+    return library
 
 
 def build(name: str) -> Path:

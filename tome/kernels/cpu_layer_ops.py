@@ -7,23 +7,24 @@ from functools import cache
 
 import torch
 
-from tome.kernels.cpu_kernels import load
+from tome.kernels.cpu_kernels import load_declared
 
 
 @cache
 def kernel_library() -> ctypes.CDLL | None:
     """The compiled kernels, their signatures declared; None where they cannot be built."""
-    library = load("layer_ops")
-    if library is None:
-        return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.tome_rms_norm.restype = None
-    library.tome_rms_norm.argtypes = [pointer, size, pointer, ctypes.c_float, size, size, pointer]
-    library.tome_rotary.restype = None
-    library.tome_rotary.argtypes = [pointer, size, size, size, size, pointer, pointer]
-    library.tome_silu_and_mul.restype = None
-    library.tome_silu_and_mul.argtypes = [pointer, size, size, pointer]
-    return library
+    return load_declared(
+        "layer_ops",
+        {
+            "tome_rms_norm": (
+                None,
+                [pointer, size, pointer, ctypes.c_float, size, size, pointer],
+            ),
+            "tome_rotary": (None, [pointer, size, size, size, size, pointer, pointer]),
+            "tome_silu_and_mul": (None, [pointer, size, size, pointer]),
+        },
+    )
 
 
 def runs_on(x: torch.Tensor) -> bool:
