@@ -15,7 +15,6 @@ import torch
 
 from tome.kernels.cpu_kernels import load_declared
 
-BLOCK = 32
 PANEL = 16
 # Rows of activations at or above which expanding the weight once and letting BLAS
 # multiply beats expanding each block inside the kernel for every 8 rows. Over SmolLM2's
@@ -29,12 +28,10 @@ KINDS = {4: 0, 8: 1}
 @dataclass
 class BlockQuantizedWeight:
     """W [n, k] in blocks of 32 along k, w = scale * q + offset, one row per output feature
-    as GGUF stores it (rows can be permuted and stacked; `pack` readies it for the kernel).
+    (rows can be stacked; `pack` readies it for the kernel).
 
-    4 bits: `codes` uint8 [n, k / 2]; byte j of a block's 16 holds weight j in its low
-    nibble and weight j + 16 in its high one. 8 bits: `codes` uint8 [n, k], the signed q
-    stored as its two's-complement byte, and no offsets. `scales` and `offsets` are float32
-    [n, k / 32]."""
+    `codes` uint8 [n, k], one q a byte: 0-15 for 4 bits; for 8 bits the signed q as its
+    two's-complement byte, and no offsets. `scales` and `offsets` are float32 [n, k / 32]."""
 
     bits: int
     codes: torch.Tensor
@@ -43,7 +40,7 @@ class BlockQuantizedWeight:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.scales.shape[0], self.scales.shape[1] * BLOCK
+        return tuple(self.codes.shape)
 
 
 def concatenate_rows(parts: list[BlockQuantizedWeight]) -> BlockQuantizedWeight:
@@ -77,15 +74,9 @@ class PackedWeight:
 
 def pack(weight: BlockQuantizedWeight) -> PackedWeight:
     n, k = weight.shape
-    codes = weight.codes
+    codes = _panels(weight.codes)  # [panels, k, 16]
     if weight.bits == 4:
-        # Codes one per k, then pairs of k in each byte of a column.
-        blocks = codes.view(n, k // BLOCK, BLOCK // 2)
-        codes = torch.cat([blocks & 15, blocks >> 4], dim=-1).view(n, k)
-        paneled = _panels(codes)  # [panels, k, 16]
-        codes = paneled[:, 0::2] | (paneled[:, 1::2] << 4)
-    else:
-        codes = _panels(codes)
+        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)  # pairs of k in each byte of a column
     offsets = None if weight.offsets is None else _panels(weight.offsets).contiguous()
     return PackedWeight(
         weight.bits, n, k, codes.contiguous(), _panels(weight.scales).contiguous(), offsets

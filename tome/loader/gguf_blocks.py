@@ -1,6 +1,6 @@
-"""GGUF's block-quantized tensors repacked, not expanded, into the layout the CPU kernel
-reads (see BlockQuantizedWeight): 4-bit codes with a float scale and offset per 32
-weights, or 8-bit codes with a float scale.
+"""GGUF's block-quantized tensors unpacked, not expanded, into BlockQuantizedWeight: a
+4-bit code a byte with a float scale and offset per 32 weights, or 8-bit codes with a
+float scale.
 
 Q4_0, Q4_1 and Q8_0 store blocks of 32 already; Q4_K stores super-blocks of 256 whose
 eight sub-blocks of 32 have 6-bit scales and minimums under two float16 factors, and those
@@ -41,16 +41,21 @@ def _float16(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw).view(np.float16).astype(np.float32).reshape(-1)
 
 
+def _nibbles(packed: np.ndarray) -> np.ndarray:
+    """A block's 16 bytes as its 32 codes: weight j in byte j's low nibble, j + 16 high."""
+    return np.concatenate([packed & 0x0F, packed >> 4], axis=-1)
+
+
 def _q4_0(data: np.ndarray):
     blocks = data.reshape(-1, 18)
     scale = _float16(blocks[:, :2])
     # w = scale * (q - 8); scale * q and 8 * scale are exact, so is their difference.
-    return 4, blocks[:, 2:], scale, -8.0 * scale
+    return 4, _nibbles(blocks[:, 2:]), scale, -8.0 * scale
 
 
 def _q4_1(data: np.ndarray):
     blocks = data.reshape(-1, 20)
-    return 4, blocks[:, 4:], _float16(blocks[:, :2]), _float16(blocks[:, 2:4])
+    return 4, _nibbles(blocks[:, 4:]), _float16(blocks[:, :2]), _float16(blocks[:, 2:4])
 
 
 def _q8_0(data: np.ndarray):
@@ -66,9 +71,7 @@ def _q4_k(data: np.ndarray):
     offsets = -(super_min[:, None] * sub_mins.astype(np.float32))
     # Each 32 bytes hold two sub-blocks: the first in the low nibbles, the next in the high.
     packed = blocks[:, 16:].reshape(-1, 4, 1, 32)
-    values = (packed >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0x0F
-    values = values.reshape(-1, 32)
-    codes = values[:, :16] | (values[:, 16:] << 4)
+    codes = (packed >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0x0F
     return 4, codes, scales, offsets
 
 
