@@ -67,10 +67,6 @@ class PackedWeight:
     scales: torch.Tensor
     offsets: torch.Tensor | None
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        parts = {"codes": self.codes, "scales": self.scales}
-        return parts if self.offsets is None else {**parts, "offsets": self.offsets}
-
 
 def pack(weight: BlockQuantizedWeight) -> PackedWeight:
     n, k = weight.shape

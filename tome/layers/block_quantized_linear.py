@@ -12,18 +12,10 @@ from tome.kernels.block_quantized_matmul import (
 )
 
 
-class _BlockQuantizedModule(nn.Module):
-    def __init__(self, weight: PackedWeight) -> None:
+class BlockQuantizedLinear(nn.Module):
+    def __init__(self, weight: PackedWeight, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.weight = weight
-        # Buffers, so that the module's memory shows in buffers() like any weight's.
-        for name, tensor in weight.tensors().items():
-            self.register_buffer(name, tensor, persistent=False)
-
-
-class BlockQuantizedLinear(_BlockQuantizedModule):
-    def __init__(self, weight: PackedWeight, bias: torch.Tensor | None) -> None:
-        super().__init__(weight)
         self.bias = bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,6 +23,10 @@ class BlockQuantizedLinear(_BlockQuantizedModule):
         return out if self.bias is None else out + self.bias
 
 
-class BlockQuantizedEmbedding(_BlockQuantizedModule):
+class BlockQuantizedEmbedding(nn.Module):
+    def __init__(self, weight: PackedWeight) -> None:
+        super().__init__()
+        self.weight = weight
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return gather_rows(self.weight, ids.reshape(-1)).view(*ids.shape, -1)

@@ -164,7 +164,7 @@ class LlamaForCausalLM(nn.Module):
         Block-quantized tensors replace their layers where the whole layer came in blocks.
         A model built on the meta device gets each parameter allocated on `device` (the
         CPU by default) when its first tensor arrives."""
-        self._load_device = device or torch.device("cpu")
+        device = device or torch.device("cpu")
         params = dict(self.named_parameters())
         expected = self.checkpoint_shapes()
         loaded: set[str] = set()
@@ -178,12 +178,14 @@ class LlamaForCausalLM(nn.Module):
                 _check_shape(name, tensor.shape, expected[name])
                 blocks.add(*_target(name), name, tensor)
             else:
-                self._load_one(params, name, tensor)
+                self._load_one(params, name, tensor, device)
             loaded.add(name)
         missing = set(expected) - loaded
         if missing:
             raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {min(missing)!r}")
-        blocks.install(self, self._shard_count, lambda name, t: self._load_one(params, name, t))
+        blocks.install(
+            self, self._shard_count, lambda name, t: self._load_one(params, name, t, device)
+        )
         self._tie_head()
         unfilled = [name for name, t in self.named_parameters() if t.is_meta]
         if unfilled:
@@ -206,10 +208,16 @@ class LlamaForCausalLM(nn.Module):
         fused = _fused_name(target)
         return 1 if fused is None else len(self._shard_sizes(fused))
 
-    def _load_one(self, params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor) -> None:
+    def _load_one(
+        self,
+        params: dict[str, nn.Parameter],
+        name: str,
+        tensor: torch.Tensor,
+        device: torch.device,
+    ) -> None:
         target_name, shard = _target(name)
         if params[target_name].is_meta:
-            params[target_name] = self._allocate(target_name, params[target_name])
+            params[target_name] = self._allocate(target_name, params[target_name], device)
         target = params[target_name].data
         fused = _fused_name(target_name)
         if fused is not None:
@@ -218,11 +226,11 @@ class LlamaForCausalLM(nn.Module):
         _check_shape(name, tuple(tensor.shape), tuple(target.shape))
         target.copy_(tensor)
 
-    def _allocate(self, name: str, placeholder: nn.Parameter) -> nn.Parameter:
-        """A real, uninitialized parameter in the place of a meta one."""
+    def _allocate(self, name: str, placeholder: nn.Parameter, device: torch.device) -> nn.Parameter:
+        """A real, uninitialized parameter on `device` in the place of a meta one."""
         module_name, attribute = name.rsplit(".", 1)
         real = nn.Parameter(
-            torch.empty(placeholder.shape, dtype=placeholder.dtype, device=self._load_device),
+            torch.empty(placeholder.shape, dtype=placeholder.dtype, device=device),
             requires_grad=False,
         )
         self.get_submodule(module_name).register_parameter(attribute, real)
