@@ -1,16 +1,25 @@
-"""Paged attention on the CPU with the C++ decode kernel: the torch backend, except that
-every decoding sequence attends in one call of cpu/paged_decode_attention.cpp, which reads
-each context in place at close to the memory's rate. Prefill chunks keep the torch
-backend's SDPA path."""
+"""Paged attention on the CPU with the C++ kernels: the torch backend, except that every
+decoding sequence attends in one call of cpu/paged_decode_attention.cpp, which reads each
+context in place at close to the memory's rate, and new K/V are stored by cpu/kv_store.cpp
+where it stores the cache's dtype. Prefill chunks keep the torch backend's SDPA path."""
+
+import torch
 
 from tome.kernels.cpu_decode_attention import cpu_decode_attention
+from tome.kernels.cpu_kv_store import cpu_store_kv, supports_cache
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.layer_kv_cache import LayerKVCache
-from tome.layers.torch_attention_backend import TorchAttentionBackend
+from tome.layers.torch_attention_backend import TorchAttentionBackend, write_kv
 
 
 class CpuAttentionBackend(TorchAttentionBackend):
-    """TorchAttentionBackend with its decodes in the C++ kernel."""
+    """TorchAttentionBackend with its decodes and K/V stores in C++ kernels."""
+
+    def _store(self, cache: LayerKVCache, k, v, slot_mapping: torch.Tensor) -> None:
+        if supports_cache(cache):
+            cpu_store_kv(cache, k, v, slot_mapping)
+        else:
+            write_kv(cache, k, v, slot_mapping)
 
     def _decode(self, q, cache: LayerKVCache, meta: AttentionMetadata, scale: float):
         n = meta.num_decodes
