@@ -123,21 +123,23 @@ prepare() {
 prepare
 printf 'step\texit\tseconds\n' >"$SUMMARY"
 : >"$TABLES"
+# One run a prefill row: the device time is minutes, and a GPU's timings are steady.
+ONCE=(--prefill-repeats 1)
 
 # Every kernel against the torch reference: store, decode, dense and sparse prefill.
 step kernel_tests 150 "${PYTEST[@]}"
 # Decode at batch 1..128 after 1k and 32k prompts, dense prefill to 128k: both sides. Rows
 # whose KV cannot fit are skipped by ours ("no room") and run out of memory in transformers.
-step llama 270 "${TOME[@]}" bench --dummy "$LLAMA" "${DEVICE[@]}" \
+step llama 270 "${TOME[@]}" bench --dummy "$LLAMA" "${DEVICE[@]}" "${ONCE[@]}" \
   --prefill-lengths "$PREFILL" "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
 # Sparse prefill, ours only (transformers is dense: its numbers are the row above).
-step llama_sparse 150 "${TOME[@]}" bench --dummy "$LLAMA" "${DEVICE[@]}" --skip-hf \
+step llama_sparse 150 "${TOME[@]}" bench --dummy "$LLAMA" "${DEVICE[@]}" "${ONCE[@]}" --skip-hf \
   --sparse-prefill "$SPARSE" --prefill-lengths "$PREFILL" --decode-batches 1 \
   --decode-prompt-lens 1024 --decode-tokens 4 --prefill-chunk "$CHUNK" --markdown "$TABLES"
-step qwen 240 "${TOME[@]}" bench --dummy "$QWEN" "${DEVICE[@]}" \
+step qwen 240 "${TOME[@]}" bench --dummy "$QWEN" "${DEVICE[@]}" "${ONCE[@]}" \
   --prefill-lengths "$PREFILL" "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
 # 512k and 1M tokens on one card: int8 KV, sparse, ours only, prefilled 64k tokens a step.
-step qwen_1m 600 "${TOME[@]}" bench --dummy "$QWEN" "${DEVICE[@]}" --skip-hf \
+step qwen_1m 600 "${TOME[@]}" bench --dummy "$QWEN" "${DEVICE[@]}" "${ONCE[@]}" --skip-hf \
   --kv-cache-dtype int8 --sparse-prefill "$SPARSE" --prefill-lengths "$LONG_PREFILL" \
   --decode-batches 1 --decode-prompt-lens 1024 --decode-tokens 4 --prefill-chunk $((CHUNK / 2)) \
   --markdown "$TABLES"

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from tome.bench import BenchConfig, run_bench
 from tome.bench.config import parse_int_list
+from tome.bench.measure import measure
 from tome.bench.report import Report
 from tome.bench.results import SideResult
 from tome.bench.spec import ModelSpec
@@ -107,6 +108,7 @@ def test_report_without_transformers():
         (["--prefill-lengths", "0"], "prefill lengths must be >= 1"),
         (["--dtype", "float8"], "dtype must be auto or one of"),
         (["--decode-tokens", "1"], "--decode-tokens must be >= 2"),
+        (["--prefill-repeats", "0"], "--prefill-repeats must be >= 1"),
         (["--model", "x", "--dummy", "y"], "give --model or --dummy, not both"),
         (["--gguf-weights", "q4"], "gguf_weights must be auto or dequantize"),
     ],
@@ -122,6 +124,34 @@ def test_decode_longer_than_the_window_is_refused(tiny_llama):
     config = BenchConfig(model=str(tiny_llama), decode_prompt_len=4096)
     with pytest.raises(InvalidRequestError, match="exceeds the model's window"):
         run_bench(config, quiet())
+
+
+class ScriptedBench:
+    """A side whose prefills take the speeds it is given, in turn."""
+
+    def __init__(self, prefill_speeds: list[float]) -> None:
+        self.prefill_speeds = prefill_speeds
+        self.prompts: list[list[int]] = []
+
+    def has_room(self, key) -> bool:
+        return True
+
+    def prefill_tps(self, prompt: list[int]) -> float:
+        self.prompts.append(prompt)
+        return self.prefill_speeds.pop(0)
+
+    def decode_tps(self, prompts: list[list[int]], max_tokens: int) -> float:
+        return 1.0
+
+
+def test_a_prefill_row_is_the_median_of_its_repeats():
+    side = ScriptedBench([900.0, 100.0, 500.0, 40.0, 60.0, 50.0])
+    workload = Workload((64, 128), (1,), (16,), 4, vocab_size=100, prefill_repeats=3)
+    result = measure("scripted", side, workload)
+    assert result.prefill_tps[64] == 500.0  # of 900, 100, 500; an outlier either way is out
+    assert result.prefill_tps[128] == 50.0
+    assert [len(p) for p in side.prompts] == [64, 64, 64, 128, 128, 128]
+    assert side.prompts[0] == side.prompts[1] == side.prompts[2]
 
 
 def test_parse_int_list():

@@ -176,6 +176,9 @@ def bench(
         ),
     ] = "2048",
     decode_tokens: Annotated[int, typer.Option(help="Tokens generated per sequence.")] = 64,
+    prefill_repeats: Annotated[
+        int, typer.Option(help="Runs of each prefill row; the table shows their median.")
+    ] = 3,
     skip_hf: Annotated[bool, typer.Option(help="Run only our engine.")] = False,
     markdown: Annotated[Path | None, typer.Option(help="Append the table as Markdown.")] = None,
     roofline: Annotated[
@@ -215,6 +218,7 @@ def bench(
             decode_batches=parse_int_list(decode_batches, "--decode-batches"),
             decode_prompt_len=parse_int_list(decode_prompt_len, "--decode-prompt-len"),
             decode_tokens=decode_tokens,
+            prefill_repeats=prefill_repeats,
             skip_hf=skip_hf,
             markdown=markdown,
             roofline=roofline,

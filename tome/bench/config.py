@@ -24,6 +24,9 @@ class BenchConfig:
     decode_batches: tuple[int, ...] = (1, 16)
     decode_prompt_len: int | tuple[int, ...] = 2048  # one prompt length or several
     decode_tokens: int = 64
+    # One prefill is a single forward pass, at the mercy of a moment's load on the host; the
+    # median of a few is not. A decode row already averages over its steps.
+    prefill_repeats: int = 3
     skip_hf: bool = False
     markdown: Path | None = None
     seed: int = 0
@@ -56,6 +59,7 @@ class BenchConfig:
             ),
             # The first token comes from the prefill; at least one more is needed to time.
             (self.decode_tokens >= 2, "--decode-tokens must be >= 2"),
+            (self.prefill_repeats >= 1, "--prefill-repeats must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -138,6 +138,7 @@ def _workload(config: BenchConfig, hf_config: PretrainedConfig, console: Console
         decode_batches=config.decode_batches,
         decode_prompt_lens=config.decode_prompt_lens,
         decode_tokens=config.decode_tokens,
+        prefill_repeats=config.prefill_repeats,
         vocab_size=hf_config.vocab_size,
         seed=config.seed,
     )

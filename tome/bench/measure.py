@@ -5,6 +5,7 @@ A row the side knows it has no room for is skipped.
 A row that runs out of device memory is recorded as such, and the side stops there: what
 the failed step left allocated is not worth trusting the next rows to."""
 
+import statistics
 from typing import Protocol
 
 import torch
@@ -45,7 +46,8 @@ def measure(name: str, bench: SideBench, workload: Workload) -> SideResult:
 def _measure_row(bench: SideBench, workload: Workload, key: RowKey) -> float:
     kind, batch, context = key
     if kind == "prefill":
-        return bench.prefill_tps(workload.prefill_prompt(context))
+        prompt = workload.prefill_prompt(context)
+        return statistics.median(bench.prefill_tps(prompt) for _ in range(workload.prefill_repeats))
     return bench.decode_tps(workload.decode_prompts(batch, context), workload.decode_tokens)
 
 

@@ -37,8 +37,8 @@ class Report:
         sparse = ", sparse prefill" if self.model.sparse_prefill else ""
         return (
             f"{self.model.name} ({weights}), {self.model.dtype} on {self.model.device}, "
-            f"KV cache {self.model.kv_cache_dtype}{sparse}; decode: {w.decode_tokens} tokens "
-            "after each prompt"
+            f"KV cache {self.model.kv_cache_dtype}{sparse}; prefill: the median of "
+            f"{w.prefill_repeats} runs; decode: {w.decode_tokens} tokens after each prompt"
         )
 
     @property

@@ -20,6 +20,7 @@ class Workload:
     decode_tokens: int  # per sequence, the first (from the prefill) included
     vocab_size: int
     seed: int = 0
+    prefill_repeats: int = 1  # a prefill row is the median of this many runs
 
     @property
     def max_batch(self) -> int:
