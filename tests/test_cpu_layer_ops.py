@@ -29,6 +29,18 @@ def test_rms_norm_equals_transformers(rows, dim):
     torch.testing.assert_close(ours, reference(x), rtol=2e-6, atol=1e-6)
 
 
+def test_rms_norm_with_the_residual_add():
+    """norm(x, residual) normalizes residual + x and leaves the sum in `residual`."""
+    torch.manual_seed(0)
+    reference = LlamaRMSNorm(576, eps=1e-6)
+    reference.weight.data.normal_()
+    x, residual = torch.randn(5, 576), torch.randn(5, 576) * 10
+    expected_sum = residual + x
+    out = cpu_layer_ops.rms_norm(x, reference.weight.data, 1e-6, residual)
+    assert torch.equal(residual, expected_sum)
+    torch.testing.assert_close(out, reference(expected_sum), rtol=2e-6, atol=1e-6)
+
+
 def test_rms_norm_of_strided_heads():
     """Per-head norms (Qwen3's q/k norm) take a view of the fused projection."""
     fused = torch.randn(5, 4 * 16 + 7)

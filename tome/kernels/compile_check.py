@@ -16,6 +16,7 @@ from tome.kernels import (
     paged_decode_attention,
     paged_prefill_attention,
     sparse_prefill_attention,
+    triton_layer_ops,
 )
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
 
@@ -121,6 +122,30 @@ def sparse_prefill_kernel(cache: str, dtype: torch.dtype, quantized: bool, capab
     compile_kernel(kernel, pointers, tile_constants(dtype, quantized), capability)
 
 
+def layer_op_kernels(capability: int) -> None:
+    """RMSNorm (with the residual add), rotary and SiLU-and-multiply in bf16 and float32."""
+    for floats in ("*bf16", "*fp32"):
+        norm = dict(x_ptr=floats, residual_ptr=floats, weight_ptr=floats, out_ptr=floats)
+        compile_kernel(
+            triton_layer_ops._rms_norm_kernel,
+            norm | dict(eps="fp32"),
+            dict(ADD=True, BLOCK=4096),
+            capability,
+        )
+        compile_kernel(
+            triton_layer_ops._rotary_kernel,
+            dict(x_ptr=floats, cos_ptr=floats, sin_ptr=floats),
+            dict(BLOCK_H=32, BLOCK_HALF=64),
+            capability,
+        )
+        compile_kernel(
+            triton_layer_ops._silu_and_mul_kernel,
+            dict(gate_up_ptr=floats, out_ptr=floats),
+            dict(BLOCK=1024),
+            capability,
+        )
+
+
 def main(capability: int) -> None:
     """Float8 e4m3 caches only where Triton has the type (8.9 on), as the backend chooses."""
     store_kernel("*i8", integer=True, capability=capability)
@@ -132,6 +157,7 @@ def main(capability: int) -> None:
     prefill_kernel("*i8", torch.bfloat16, quantized=True, capability=capability)
     sparse_prefill_kernel("*bf16", torch.bfloat16, quantized=False, capability=capability)
     sparse_prefill_kernel("*i8", torch.bfloat16, quantized=True, capability=capability)
+    layer_op_kernels(capability)
 
 
 if __name__ == "__main__":

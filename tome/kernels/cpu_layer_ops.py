@@ -31,8 +31,14 @@ def runs_on(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and kernel_library() is not None
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [..., dim] normalized over its last dimension and scaled by weight [dim]."""
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [..., dim] normalized over its last dimension and scaled by weight [dim]. With
+    `residual`, x + residual is normalized instead and stored in `residual` (torch adds:
+    one pass either way)."""
+    if residual is not None:
+        x = residual.add_(x)
     dim = x.shape[-1]
     rows = x.reshape(-1, dim)
     if rows.stride(-1) != 1:

@@ -3,12 +3,13 @@
 import torch
 import torch.nn.functional as F
 
-from tome.kernels import cpu_layer_ops
+from tome.layers.layer_kernels import layer_kernels
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up [..., 2 * width], gate then up; returns [..., width]."""
-    if cpu_layer_ops.runs_on(gate_up):
-        return cpu_layer_ops.silu_and_mul(gate_up)
+    kernels = layer_kernels(gate_up)
+    if kernels is not None:
+        return kernels.silu_and_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up

@@ -13,7 +13,7 @@ from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from tome.errors import ModelLoadError
-from tome.kernels import cpu_layer_ops
+from tome.layers.layer_kernels import layer_kernels
 
 
 def rope_parameters(hf_config: Any) -> dict[str, Any]:
@@ -125,9 +125,11 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [tokens, heads, head_dim]; cos, sin: [tokens, 1, head_dim] in x's dtype. The
-    half-split layout transformers uses. On the CPU in float32, x is rotated in place."""
-    if cpu_layer_ops.runs_on(x):
-        return cpu_layer_ops.rotate_in_place(x, cos, sin)
+    half-split layout transformers uses. Where a kernel serves it (layer_kernels), x is
+    rotated in place."""
+    kernels = layer_kernels(x)
+    if kernels is not None:
+        return kernels.rotate_in_place(x, cos, sin)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

@@ -76,9 +76,15 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos_sin, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos_sin, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor | None, residual: torch.Tensor, cos_sin, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """x: the previous layer's output, not yet added to the residual stream (None before
+        the first layer). The norms add it and this layer's attention output to `residual`
+        in place, fused with their work. Returns this layer's MLP output, also unadded."""
+        h = self.input_layernorm(residual) if x is None else self.input_layernorm(x, residual)
+        h = self.post_attention_layernorm(self.self_attn(h, cos_sin, meta), residual)
+        return self.mlp(h)
 
 
 class LlamaModel(nn.Module):
@@ -92,12 +98,13 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        residual = self.embed_tokens(input_ids)
         cos, sin = self.rotary.cos_sin(positions, meta.rope_seq_lens)
-        cos_sin = (cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype))
+        cos_sin = (cos[:, None, :].to(residual.dtype), sin[:, None, :].to(residual.dtype))
+        x = None
         for layer in self.layers:
-            x = layer(x, cos_sin, meta)
-        return self.norm(x)
+            x = layer(x, residual, cos_sin, meta)
+        return self.norm(x, residual)
 
 
 # Checkpoint names that are slices of one of our fused weights: name -> (fused name, shard).

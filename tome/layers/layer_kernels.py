@@ -1,0 +1,38 @@
+"""Which kernels run a layer's small ops (RMSNorm, the rotary embedding, SiLU-and-multiply)
+on a tensor: the Triton ones on CUDA where Triton is installed, the C++ ones for float32
+on the CPU where they build, else none (the layer's own torch ops). TOME_LAYER_OPS
+overrides the choice: `triton` runs the Triton kernels even on the CPU (under
+TRITON_INTERPRET=1, as the tests do), `torch` keeps torch ops everywhere."""
+
+import importlib.util
+import os
+from functools import cache
+from types import ModuleType
+
+import torch
+
+from tome.errors import InvalidRequestError
+from tome.kernels import cpu_layer_ops
+
+LAYER_OPS_ENV = "TOME_LAYER_OPS"
+LAYER_OPS_CHOICES = ("auto", "triton", "torch")
+
+
+def layer_kernels(x: torch.Tensor) -> ModuleType | None:
+    """The module whose rms_norm, rotate_in_place and silu_and_mul serve x, or None."""
+    choice = os.environ.get(LAYER_OPS_ENV, "auto")
+    if choice not in LAYER_OPS_CHOICES:
+        raise InvalidRequestError(f"{LAYER_OPS_ENV} must be one of {', '.join(LAYER_OPS_CHOICES)}")
+    if choice == "triton" or (choice == "auto" and x.is_cuda and _has_triton()):
+        # Imported only when chosen: Triton is an optional dependency.
+        from tome.kernels import triton_layer_ops
+
+        return triton_layer_ops
+    if choice == "auto" and cpu_layer_ops.runs_on(x):
+        return cpu_layer_ops
+    return None
+
+
+@cache
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
