@@ -45,6 +45,9 @@ class EngineConfig:
     gguf_weights: str = "auto"
     seed: int = 0
     show_progress: bool = False
+    # On CUDA, decode steps replay CUDA graphs captured at start (tome/engine/cuda_graphs.py)
+    # unless True: every step then launches its kernels one by one.
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -63,6 +63,8 @@ class Engine:
             kv_read_dtype=kv_cache_dtype(self.dtype, device),
             sparse_prefill=config.sparse_prefill,
         )
+        if device.type == "cuda" and not config.enforce_eager:
+            self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.kv_tiers = build_kv_tiers(config, self.runner.kv_pool, loaded.source, loaded.numerics)
         self.block_manager.lower_tiers = self.kv_tiers
         self.requests: dict[str, Sequence] = {}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tome.engine.cuda_graphs import Capture, DecodeGraphs, capture_cuda_graph
 from tome.engine.kv_cache import KVPool
 from tome.engine.outputs import TokenLogprob
 from tome.engine.prompt_logprobs import prompt_logprobs
@@ -43,16 +44,38 @@ class ModelRunner:
         self.sparse_prefill = sparse_prefill
         self.device = device
         self.kv_pool = KVPool(model.config, num_blocks, block_size, kv_dtype, device, kv_read_dtype)
-        layers = [m for m in model.modules() if isinstance(m, Attention)]
-        for layer, kv_cache in zip(layers, self.kv_pool.layers, strict=True):
+        self.layers = [m for m in model.modules() if isinstance(m, Attention)]
+        for layer, kv_cache in zip(self.layers, self.kv_pool.layers, strict=True):
             layer.bind_cache(kv_cache)
+        self.decode_graphs: DecodeGraphs | None = None
+
+    def capture_decode_graphs(
+        self, max_num_seqs: int, max_model_len: int, capture: Capture = capture_cuda_graph
+    ) -> None:
+        """Record decode steps as CUDA graphs (cuda_graphs.py), where the attention backend
+        allows it; a capture that fails leaves every step eager, with a warning."""
+        unsafe = {
+            type(layer.backend).__name__ for layer in self.layers if not layer.backend.graph_safe
+        }
+        if unsafe:
+            logger.info("decode runs eagerly: %s reads host metadata", ", ".join(sorted(unsafe)))
+            return
+        try:
+            self.decode_graphs = DecodeGraphs(
+                self.model, self.block_size, max_num_seqs, max_model_len, self.device, capture
+            )
+        except Exception as exc:  # whatever stops a capture, eager decoding still serves
+            logger.warning("CUDA graph capture failed, decode runs eagerly: %s", exc)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
         """Run one step. Samples a token for each sequence whose chunk reached the end of its
         known tokens, and scores the prompt tokens of chunks that asked for prompt logprobs."""
         input_ids, positions, meta, sample_rows = self._prepare(batch)
-        hidden = self.model(input_ids, positions, meta)
+        if self.decode_graphs is not None and self.decode_graphs.serves(meta):
+            hidden = self.decode_graphs.run(input_ids, positions, meta)
+        else:
+            hidden = self.model(input_ids, positions, meta)
         results: list[SampledToken | None] = [None] * len(batch)
         if sample_rows:
             ends = torch.tensor([meta.query_start_loc_cpu[i + 1] - 1 for i in sample_rows])

@@ -22,6 +22,8 @@ BACKEND_CHOICES = ("auto", "torch", "triton", "cpu")
 
 
 class AttentionBackend(Protocol):
+    graph_safe: bool  # whether a CUDA graph can record its decodes
+
     def forward(
         self,
         q: torch.Tensor,

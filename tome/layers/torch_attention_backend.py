@@ -129,6 +129,10 @@ def decode_attention(
 class TorchAttentionBackend:
     """Reads and writes the paged KV cache with torch ops only."""
 
+    # Its decodes read the host's copy of the batch's metadata: a CUDA graph would replay
+    # the captured batch's.
+    graph_safe = False
+
     def forward(
         self,
         q: torch.Tensor,

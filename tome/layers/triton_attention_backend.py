@@ -17,6 +17,10 @@ from tome.layers.layer_kv_cache import LayerKVCache
 class TritonAttentionBackend:
     """Reads and writes the paged KV cache with Triton kernels."""
 
+    # A decode reads only device tensors (beside the longest context, which only sizes its
+    # partitions): a CUDA graph can record it (tome/engine/cuda_graphs.py).
+    graph_safe = True
+
     def forward(
         self,
         q: torch.Tensor,
