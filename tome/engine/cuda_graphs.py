@@ -21,8 +21,10 @@ import torch
 
 from tome.layers.attention_metadata import AttentionMetadata
 
-# Longest context a captured graph attends over (vLLM's max_seq_len_to_capture default).
-CAPTURE_CONTEXT = 8192
+# Longest context a captured graph attends over: 4x vLLM's max_seq_len_to_capture, to hold
+# 32k-token decodes. Its cost is partial results of empty partitions: at batch 256 with
+# 32 heads of 128, 268 MB of buffers; at batch 1, a few hundred programs that exit at once.
+CAPTURE_CONTEXT = 32768
 # Batch sizes captured (those up to max_num_seqs): small ones one by one, then steps of 8.
 CAPTURE_BATCH_SIZES = (1, 2, 4, *range(8, 257, 8))
 
