@@ -9,6 +9,7 @@ from tome.engine.block_manager import BlockManager
 from tome.engine.config import EngineConfig
 from tome.engine.context_cache import ContextCache, check_context_request
 from tome.engine.detokenizer import IncrementalDetokenizer
+from tome.engine.host_allocator import keep_freed_memory
 from tome.engine.kv_cache import (
     kv_budget,
     kv_bytes_per_token,
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        if config.resolved_device().type == "cpu":
+            keep_freed_memory()
         loaded = load_model(config)
         self.tokenizer = loaded.tokenizer
         self.model_config = loaded.config

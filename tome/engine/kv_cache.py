@@ -1,13 +1,13 @@
 """The paged KV pool: one K and one V tensor per layer (and their scales when quantized),
 sized from a memory budget."""
 
-import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
 
 from tome.engine.config import KV_CACHE_DTYPES
 from tome.errors import InvalidRequestError
+from tome.kernels.host_pages import zeroed_host_buffer
 from tome.layers.kv_quantization import SCALE_DTYPE, is_quantized, scale_bytes_per_token_head
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.torch_attention_backend import gather_kv, read_kv, write_kv
@@ -122,9 +122,9 @@ def _layer_cache(
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    # numpy's zeros is calloc: large pools come as untouched zero pages from the OS, so a
-    # multi-GiB pool costs nothing until used (torch.zeros would write every byte first).
-    # Zeros, not garbage, because padded decode reads unwritten slots under a mask, and
-    # a NaN there would survive the mask (0 * NaN).
+    # Untouched zero pages from the OS, huge ones where Linux offers them: a multi-GiB pool
+    # costs nothing until used (torch.zeros would write every byte first). Zeros, not
+    # garbage, because padded decode reads unwritten slots under a mask, and a NaN there
+    # would survive the mask (0 * NaN).
     nbytes = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
-    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+    return zeroed_host_buffer(nbytes).view(dtype).view(shape)
