@@ -4,10 +4,11 @@ A prefill's activations are tens of megabytes a tensor (the gate/up projection o
 8,191-token SmolLM2 prompt: 100 MB). glibc serves each allocation over 32 MB from a fresh
 mmap and unmaps it when freed, so every op faults its zeroed pages in again: in this VM a
 third of a benchmark's CPU time was the kernel's. Served from the heap and kept there, the
-memory is reused: the same 8,191-token prefill ran 8% faster (600 -> 645 tok/s, one-off
-runs, 2026-12-02). The cost: the process keeps its high-water mark of memory, as a caching
-allocator does. jemalloc or tcmalloc preloaded would do the same; this needs nothing
-installed. Other C libraries (musl, macOS) are left as they are."""
+memory is reused: the same 8,191-token prefill ran 9% faster (581 -> 635 tok/s, page
+faults 1.8 M -> 0.1 M a prefill; one-off runs, 2026-12-02). The cost: the process keeps
+its high-water mark of memory, as a caching allocator does. jemalloc or tcmalloc
+preloaded would do the same; this needs nothing installed. Other C libraries (musl,
+macOS) are left as they are."""
 
 import ctypes
 import ctypes.util

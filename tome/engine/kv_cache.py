@@ -122,9 +122,8 @@ def _layer_cache(
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    # Untouched zero pages from the OS, huge ones where Linux offers them: a multi-GiB pool
-    # costs nothing until used (torch.zeros would write every byte first). Zeros, not
-    # garbage, because padded decode reads unwritten slots under a mask, and a NaN there
-    # would survive the mask (0 * NaN).
+    # Untouched zero pages from the OS (host_pages.py says why not torch.zeros or malloc).
+    # Zeros, not garbage, because padded decode reads unwritten slots under a mask, and a
+    # NaN there would survive the mask (0 * NaN).
     nbytes = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
     return zeroed_host_buffer(nbytes).view(dtype).view(shape)

@@ -1,27 +1,22 @@
-"""Large host buffers in transparent huge pages: zero-filled anonymous memory the kernel
-backs with 2 MiB pages (madvise(MADV_HUGEPAGE)) where Linux offers them, 4 KiB pages
-elsewhere.
+"""Large zeroed host buffers straight from the OS: a private anonymous mapping, whose pages
+are mapped (and counted in RSS) only when first written.
 
-Two costs of 4 KiB pages weigh on a long-context CPU engine. A KV pool is touched first
-while a prompt is prefilled, and each first touch of a page faults: in this VM, 8,191
-tokens of SmolLM2's KV (377 MB) took 1.3 s of page faults, 9% of the prefill. And a decode
-step reads gigabytes of KV a page at a time, a TLB miss every 4 KiB. With huge pages the
-faults are 512x fewer and decode attention took 8-11% less time (one-off measurements,
-2026-12-02; the block-quantized weights, 111 MB, showed no difference)."""
+The CPU KV pool lives in one: a multi-GiB pool costs nothing until used (torch.zeros would
+write every byte first). It must not come from malloc: host_allocator.py makes the heap the
+home of every large allocation, and an 8,191-token prefill ran 15% slower with the pool
+calloc'd onto the heap than with it mapped apart (one-off runs, 2026-12-02). Transparent
+huge pages for the pool (madvise) measured as slow as the heap there, so it keeps 4 KiB
+pages."""
 
-import contextlib
 import mmap
 
 import torch
 
 
 def zeroed_host_buffer(nbytes: int) -> torch.Tensor:
-    """A uint8 tensor of `nbytes` zeros, its pages mapped (and counted in RSS) only when
-    first written."""
-    region = mmap.mmap(-1, max(nbytes, 1))
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        # A kernel built without transparent huge pages refuses: small ones serve.
-        with contextlib.suppress(OSError):
-            region.madvise(mmap.MADV_HUGEPAGE)
+    """A uint8 tensor of `nbytes` zeros."""
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    size = max(nbytes, 1)
+    region = mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
     # The tensor holds a reference to the mapping: it lives as long as the tensor does.
     return torch.frombuffer(region, dtype=torch.uint8)[:nbytes]
