@@ -39,10 +39,8 @@ REUSE_SCRIPT = """
 import resource, torch
 from tome.engine.host_allocator import keep_freed_memory
 assert keep_freed_memory()
-for _ in range(2):  # 100 MB, freed at once: the heap grows to hold it (in two steps)
-    torch.ones(25 * 2**20)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(10):  # 100 MB each, freed at once
     torch.ones(25 * 2**20)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -53,5 +51,8 @@ def test_freed_large_blocks_are_reused_without_page_faults():
     result = subprocess.run(
         [sys.executable, "-c", REUSE_SCRIPT], capture_output=True, text=True, check=True
     )
-    # Each fresh mmap of 100 MB faults in 25,600 pages of 4 KiB.
-    assert int(result.stdout) < 2000
+    # A fresh 100 MB block faults in 25,600 pages of 4 KiB: glibc's default unmaps and
+    # maps it again each time (10 x 25,600). Kept, the heap grows to hold the block in
+    # one to three steps (depending on where the address-space layout put what is mapped
+    # above it) and then reuses it.
+    assert int(result.stdout) < 4 * 25_600
