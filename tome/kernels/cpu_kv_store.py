@@ -9,6 +9,7 @@ from functools import cache
 import torch
 
 from tome.kernels.cpu_kernels import load_declared
+from tome.kernels.token_rows import with_contiguous_heads
 from tome.layers.kv_quantization import SCALE_DTYPE, rotation
 from tome.layers.layer_kv_cache import LayerKVCache
 
@@ -40,7 +41,7 @@ def cpu_store_kv(
     if cache.quantized:
         rotated = torch.stack((k, v)).to(SCALE_DTYPE) @ rotation(k.shape[-1], k.device)
         k, v = rotated[0], rotated[1]
-    k, v = _token_rows(k), _token_rows(v)
+    k, v = (with_contiguous_heads(x.to(torch.float32)) for x in (k, v))
     slots = slot_mapping.contiguous()
     status = kernel_library().tome_store_kv(
         k.data_ptr(),
@@ -59,12 +60,3 @@ def cpu_store_kv(
     )
     if status != 0:
         raise RuntimeError(f"CPU KV store refused cache dtype {cache.k.dtype}")
-
-
-def _token_rows(x: torch.Tensor) -> torch.Tensor:
-    """x as float32 [tokens, heads, head_dim] with each token's heads contiguous (a view of
-    a fused QKV projection's rows is, tokens apart by the whole row)."""
-    x = x.to(torch.float32)
-    if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
-        x = x.contiguous()
-    return x

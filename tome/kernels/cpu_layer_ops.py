@@ -8,6 +8,7 @@ from functools import cache
 import torch
 
 from tome.kernels.cpu_kernels import load_declared
+from tome.kernels.token_rows import with_contiguous_heads
 
 
 @cache
@@ -54,8 +55,7 @@ def rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     """x [tokens, heads, head_dim] (heads side by side in each token's row, as a view of a
     fused q/k projection has them) rotated in place and returned; cos and sin
     [tokens, 1, head_dim]."""
-    if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
-        x = x.contiguous()
+    x = with_contiguous_heads(x)
     cos, sin = cos.contiguous(), sin.contiguous()
     tokens, heads, head_dim = x.shape
     kernel_library().tome_rotary(

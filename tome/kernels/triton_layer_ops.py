@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tome.kernels.token_rows import with_contiguous_heads
+
 
 @triton.jit
 def _rounded(x, dtype: tl.constexpr):
@@ -136,8 +138,7 @@ def rms_norm(
 def rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [tokens, heads, head_dim] (heads contiguous in each token's row) rotated in place
     and returned; cos and sin [tokens, 1, head_dim] in x's dtype."""
-    if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
-        x = x.contiguous()
+    x = with_contiguous_heads(x)
     tokens, heads, head_dim = x.shape
     if tokens:
         _rotary_kernel[(tokens,)](
