@@ -32,13 +32,13 @@ logger = logging.getLogger(__name__)
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        if config.resolved_device().type == "cpu":
+        device = config.resolved_device()
+        if device.type == "cpu":
             keep_freed_memory()
         loaded = load_model(config)
         self.tokenizer = loaded.tokenizer
         self.model_config = loaded.config
         self.dtype = loaded.dtype
-        device = config.resolved_device()
         self.kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, self.dtype, device)
         self.max_model_len = self._max_model_len()
         token_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype)  # scales included
