@@ -19,6 +19,7 @@ import torch
 import transformers
 
 from tests.web_pages_server import PagesServer
+from tome.kernels import cpu_isa
 
 # Where the kernel tests put their tensors: the GPU when Triton compiles for it, else the
 # CPU, where the interpreter runs the kernels.
@@ -100,6 +101,14 @@ def tiny_model(request, tmp_path_factory, hf_tokenizer_dir) -> Path:
 def tiny_llama(tmp_path_factory, hf_tokenizer_dir) -> Path:
     """One small Llama for tests that need a model but not every architecture."""
     return make_tiny_model("llama", tmp_path_factory.mktemp("tiny_llama"), hf_tokenizer_dir)
+
+
+@pytest.fixture(params=[isa.name for isa in cpu_isa.runnable()])
+def each_cpu_isa(request, monkeypatch) -> str:
+    """A C++ kernel test once per instruction set this CPU runs, each on its own build: a
+    kernel must not be tested only as the machine's widest variant."""
+    monkeypatch.setenv(cpu_isa.ISA_ENV, request.param)
+    return request.param
 
 
 @pytest.fixture(scope="session")

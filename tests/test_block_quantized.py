@@ -47,6 +47,7 @@ def _raw(qtype: QUANTS, rows: int, cols: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("qtype", [*QUANTIZED_BY_GGUF, QUANTS.Q4_K])
 @pytest.mark.parametrize(("rows", "cols"), [(1, 256), (13, 512), (70, 768)])
+@pytest.mark.usefixtures("each_cpu_isa")
 def test_repacked_blocks_expand_to_gguf_dequantization(qtype, rows, cols):
     raw = _raw(qtype, rows, cols, seed=rows)
     expected = torch.from_numpy(gguf.quants.dequantize(raw, qtype))
@@ -63,6 +64,7 @@ def test_repacked_blocks_expand_to_gguf_dequantization(qtype, rows, cols):
 # 9 output columns leave partial column tiles on both threads.
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 9, EXPAND_FROM_ROWS - 1, EXPAND_FROM_ROWS + 5])
 @pytest.mark.parametrize("n", [9, 67])
+@pytest.mark.usefixtures("each_cpu_isa")
 def test_matmul_equals_float64_product(qtype, m, n):
     raw = _raw(qtype, n, 512, seed=m * n)
     reference = torch.from_numpy(gguf.quants.dequantize(raw, qtype)).double()

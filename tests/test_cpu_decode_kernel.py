@@ -81,6 +81,7 @@ def expected_attention(q, cache: LayerKVCache, tables, lengths, scale) -> torch.
 
 @pytest.mark.parametrize("dtype", CACHE_DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), SHAPES)
+@pytest.mark.usefixtures("each_cpu_isa")
 def test_decode_equals_sdpa_over_the_context(dtype, heads, kv_heads, head_dim):
     generator = torch.Generator().manual_seed(heads * 31 + head_dim)
     block_size = 16
@@ -96,6 +97,7 @@ def test_decode_equals_sdpa_over_the_context(dtype, heads, kv_heads, head_dim):
 
 @pytest.mark.parametrize("block_size", [8, 16, 32])
 @pytest.mark.parametrize("length", CONTEXTS)
+@pytest.mark.usefixtures("each_cpu_isa")
 def test_every_context_length_and_block_size(block_size, length):
     generator = torch.Generator().manual_seed(length * block_size)
     cache = make_cache(-(-1500 // block_size) + 4, block_size, 3, 64, torch.float32)
@@ -106,6 +108,7 @@ def test_every_context_length_and_block_size(block_size, length):
 
 
 @pytest.mark.parametrize("blocks_per_item", [1, 3, 8, 1000])
+@pytest.mark.usefixtures("each_cpu_isa")
 def test_the_result_does_not_depend_on_how_the_work_is_split(blocks_per_item, monkeypatch):
     """Items of one block to one item per sequence: the partial results merge to the same
     attention, and a batch with many items merges them in parallel."""
@@ -119,6 +122,7 @@ def test_the_result_does_not_depend_on_how_the_work_is_split(blocks_per_item, mo
     torch.testing.assert_close(ours, expected_attention(q, cache, tables, lengths, 0.1))
 
 
+@pytest.mark.usefixtures("each_cpu_isa")
 def test_a_bfloat16_query_gets_a_bfloat16_answer():
     generator = torch.Generator().manual_seed(5)
     cache = make_cache(20, 16, 3, 64, torch.float32)
@@ -150,11 +154,9 @@ def no_compiler(monkeypatch, tmp_path):
     monkeypatch.setenv(cpu_kernels.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv("CXX", "false")
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    cpu_kernels.load.cache_clear()
-    kernel_module.kernel_library.cache_clear()
+    cpu_kernels.forget_loaded()
     yield
-    cpu_kernels.load.cache_clear()
-    kernel_module.kernel_library.cache_clear()
+    cpu_kernels.forget_loaded()
 
 
 def test_without_a_compiler_torch_ops_serve_and_the_log_says_why(no_compiler, caplog):

@@ -2,18 +2,21 @@
 bytes the torch backend's write_kv writes: float32 and bfloat16 caches, int8 ones with
 their scales, from float32 and bfloat16 models, rows of very different magnitudes, all-zero
 rows and outlier channels, head sizes 32 to 128, K and V as views of a fused QKV projection,
-a few decode tokens and a prompt long enough to be stored in parallel."""
+a few decode tokens and a prompt long enough to be stored in parallel; each built for every
+instruction set the CPU runs."""
 
 import pytest
 import torch
 
 from tome.kernels.cpu_kv_store import cpu_store_kv, supports_cache
-from tome.layers.kv_quantization import SCALE_DTYPE, is_quantized
+from tome.layers.kv_quantization import SCALE_DTYPE, is_quantized, rotation
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.torch_attention_backend import write_kv
 
 KV_HEADS = 3
 BLOCK_SIZE = 16
+
+pytestmark = pytest.mark.usefixtures("each_cpu_isa")
 
 
 def make_cache(num_blocks: int, head_dim: int, dtype: torch.dtype) -> LayerKVCache:
@@ -71,6 +74,24 @@ def test_store_writes_what_write_kv_writes(kv_dtype, dtype, head_dim, tokens):
     cpu_store_kv(ours, k, v, slots)
     for theirs, mine in zip(reference.tensors(), ours.tensors(), strict=True):
         assert same_bytes(theirs, mine)
+
+
+def test_int8_codes_divide_by_the_scale_not_multiply_by_its_reciprocal():
+    """Where x / scale lies a rounding step past a half and x * (1 / scale) on it, the two
+    round to different codes: torch divides, and so must the store (under -ffast-math
+    GCC multiplied on some CPUs, one code in 10^5 off)."""
+    tokens, head_dim = 4096, 64
+    k, v = fused_kv(tokens, head_dim, torch.float32, seed=7)
+    rotated = torch.stack((k, v)) @ rotation(head_dim, k.device)
+    scale = rotated.abs().amax(-1, keepdim=True) / 127
+    apart = (rotated / scale).round() != (rotated * (1 / scale)).round()
+    assert apart.sum() >= 3  # the data holds such values: the test can fail
+    reference = make_cache(tokens // BLOCK_SIZE, head_dim, torch.int8)
+    ours = clone(reference)
+    slots = torch.arange(tokens)
+    write_kv(reference, k, v, slots)
+    cpu_store_kv(ours, k, v, slots)
+    assert same_bytes(reference.k, ours.k) and same_bytes(reference.v, ours.v)
 
 
 def test_bfloat16_rounding_keeps_nan_and_infinities():

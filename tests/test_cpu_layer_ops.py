@@ -9,9 +9,10 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_
 
 from tome.kernels import cpu_layer_ops
 
-pytestmark = pytest.mark.skipif(
-    cpu_layer_ops.kernel_library() is None, reason="no C++ compiler here"
-)
+pytestmark = [
+    pytest.mark.skipif(cpu_layer_ops.kernel_library() is None, reason="no C++ compiler here"),
+    pytest.mark.usefixtures("each_cpu_isa"),
+]
 
 # 1 and 3 rows run on the calling thread, 200 in the parallel loop.
 ROWS = [1, 3, 200]

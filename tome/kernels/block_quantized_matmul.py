@@ -9,11 +9,10 @@ BLAS instead."""
 
 import ctypes
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 
-from tome.kernels.cpu_kernels import load_declared
+from tome.kernels.cpu_kernels import KernelSource, load_declared
 
 PANEL = 16
 # Rows of activations at or above which expanding the weight once and letting BLAS
@@ -87,28 +86,30 @@ def _panels(rows: torch.Tensor) -> torch.Tensor:
     return rows.view(-1, PANEL, *rows.shape[1:]).movedim(1, -1)
 
 
-@cache
+_pointer, _size, _integer = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+KERNEL = KernelSource(
+    "block_quantized_matmul",
+    {
+        "tome_block_quantized_matmul": (
+            _integer,
+            [_integer, _pointer, _size, _size, _pointer, _pointer, _pointer, _size, _pointer],
+        ),
+        "tome_block_quantized_dequantize_transposed": (
+            _integer,
+            [_integer, _size, _pointer, _pointer, _pointer, _size, _pointer],
+        ),
+        "tome_block_quantized_rows": (
+            _integer,
+            [_integer, _size, _pointer, _pointer, _pointer, _pointer, _size, _pointer],
+        ),
+        "tome_block_quantized_is_fast": (_integer, []),
+    },
+)
+
+
 def kernel_library() -> ctypes.CDLL | None:
     """The compiled kernel, its functions declared; None where it cannot be built."""
-    pointer, size, integer = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    return load_declared(
-        "block_quantized_matmul",
-        {
-            "tome_block_quantized_matmul": (
-                integer,
-                [integer, pointer, size, size, pointer, pointer, pointer, size, pointer],
-            ),
-            "tome_block_quantized_dequantize_transposed": (
-                integer,
-                [integer, size, pointer, pointer, pointer, size, pointer],
-            ),
-            "tome_block_quantized_rows": (
-                integer,
-                [integer, size, pointer, pointer, pointer, pointer, size, pointer],
-            ),
-            "tome_block_quantized_is_fast": (integer, []),
-        },
-    )
+    return load_declared(KERNEL)
 
 
 def runs_fast() -> bool:

@@ -10,7 +10,7 @@ from functools import cache
 import torch
 
 from tome.kernels.cache_operands import kernel_outputs, kernel_queries
-from tome.kernels.cpu_kernels import load_declared
+from tome.kernels.cpu_kernels import KernelSource, load_declared
 from tome.layers.layer_kv_cache import LayerKVCache
 
 # The kernel's codes for the cache dtypes it reads (its CacheKind).
@@ -36,12 +36,14 @@ KERNEL_ARGUMENTS = [
 ]
 
 
-@cache
+KERNEL = KernelSource(
+    "paged_decode_attention", {"tome_paged_decode_attention": (ctypes.c_int, KERNEL_ARGUMENTS)}
+)
+
+
 def kernel_library() -> ctypes.CDLL | None:
     """The compiled kernel, its signature declared; None where it cannot be built."""
-    return load_declared(
-        "paged_decode_attention", {"tome_paged_decode_attention": (ctypes.c_int, KERNEL_ARGUMENTS)}
-    )
+    return load_declared(KERNEL)
 
 
 def unsupported_reason(device: torch.device, kv_dtype: torch.dtype) -> str | None:

@@ -3,27 +3,34 @@ for its own vector instructions, kept in a cache folder, and loaded through ctyp
 
 A Python package cannot ship one binary for every CPU, and a build step at install time
 would make a compiler a requirement of `pip install`. So the first process that needs a
-kernel builds it (a second or two) and later ones load the cached library. Where no
-compiler works, `load` logs why once and returns None, and the torch ops serve instead."""
+kernel builds it (a second or two) for the instruction set cpu_isa selects, and later ones
+load the cached library. Where no compiler works, `load` logs why once and returns None,
+and the torch ops serve instead."""
 
 import ctypes
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+
+from tome.kernels import cpu_isa
 
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "cpu"
 CACHE_ENV = "TOME_KERNEL_CACHE"
-# -march=native: the library is built on, and cached for, the CPU it runs on. -fopenmp: the
-# loops run on the OpenMP runtime torch has loaded (same soname, so the loader shares it).
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
+# -fopenmp: the loops run on the OpenMP runtime torch has loaded (same soname, so the loader
+# shares it). The instruction set's own flags come from cpu_isa.
+FLAGS = ("-O3", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
+# For kernels whose sums may be reordered. A kernel that must round as torch does is built
+# without it: under -ffast-math GCC still multiplied by a reciprocal where a function's own
+# `optimize("no-reciprocal-math")` forbade it, one int8 code in 10^5 off torch's division.
+FAST_MATH = ("-ffast-math",)
 # On x86, GCC vectorizes loops 256 bits wide even where the CPU has AVX-512, which halved
 # the decode attention's arithmetic rate; where it has not, the option changes nothing.
 X86_FLAGS = ("-mprefer-vector-width=512",)
@@ -42,34 +49,50 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, default))
 
 
+@dataclass(frozen=True)
+class KernelSource:
+    """One library of cpu/: its file's stem, the C functions it exports, and whether its
+    arithmetic may be reordered (-ffast-math)."""
+
+    name: str
+    signatures: dict[str, Signature] = field(hash=False, compare=False)
+    fast_math: bool = True
+
+
+def load_declared(kernel: KernelSource) -> ctypes.CDLL | None:
+    """The kernel built for the selected instruction set, its functions' signatures
+    declared, or None (logged once per instruction set) where it cannot be built."""
+    return _load(kernel, cpu_isa.selected())
+
+
+def forget_loaded() -> None:
+    """Load every kernel afresh on next use (after the compiler or cache folder changed)."""
+    _load.cache_clear()
+
+
 @cache
-def load(name: str) -> ctypes.CDLL | None:
-    """The library built from cpu/<name>.cpp, or None (logged once) where it cannot be."""
+def _load(kernel: KernelSource, isa: cpu_isa.InstructionSet) -> ctypes.CDLL | None:
     try:
-        return ctypes.CDLL(str(build(name)))
+        library = ctypes.CDLL(str(build(kernel.name, isa, kernel.fast_math)))
     except (KernelBuildError, OSError) as exc:
-        logger.warning("CPU kernel %s unavailable, using torch ops instead: %s", name, exc)
+        logger.warning("CPU kernel %s unavailable, using torch ops instead: %s", kernel.name, exc)
         return None
-
-
-def load_declared(name: str, signatures: dict[str, Signature]) -> ctypes.CDLL | None:
-    """load(name) with the signatures of its functions declared, or None."""
-    library = load(name)
-    if library is not None:
-        for function, (result, arguments) in signatures.items():
-            getattr(library, function).restype = result
-            getattr(library, function).argtypes = arguments
+    for function, (result, arguments) in kernel.signatures.items():
+        getattr(library, function).restype = result
+        getattr(library, function).argtypes = arguments
     return library
 
 
-def build(name: str) -> Path:
-    """The compiled library's path, compiling it unless this source, compiler and CPU have
-    been built for before. Raises KernelBuildError with the compiler's message."""
+def build(name: str, isa: cpu_isa.InstructionSet | None = None, fast_math: bool = True) -> Path:
+    """The compiled library's path, compiling it unless this source, compiler, instruction
+    set and CPU have been built for before. Raises KernelBuildError with the compiler's
+    message."""
     source = SOURCE_DIR / f"{name}.cpp"
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise KernelBuildError("no C++ compiler found (install g++ or set CXX)")
-    target = cache_dir() / f"{name}-{_build_key(source, compiler)}.so"
+    flags = _flags(isa or cpu_isa.selected(), fast_math)
+    target = cache_dir() / f"{name}-{_build_key(source, compiler, flags)}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +103,7 @@ def build(name: str) -> Path:
         built = Path(scratch) / target.name
         try:
             result = subprocess.run(
-                [compiler, *_flags(), str(source), "-o", str(built)],
+                [compiler, *flags, str(source), "-o", str(built)],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -94,18 +117,19 @@ def build(name: str) -> Path:
     return target
 
 
-def _build_key(source: Path, compiler: str) -> str:
+def _build_key(source: Path, compiler: str, flags: tuple[str, ...]) -> str:
     """What the library depends on: the source, the flags, the compiler's version and the
-    CPU's features (-march=native builds for them)."""
+    CPU's features (the native variant builds for them)."""
     digest = hashlib.sha256(source.read_bytes())
-    digest.update(" ".join(_flags()).encode())
+    digest.update(" ".join(flags).encode())
     digest.update(_compiler_version(compiler).encode())
-    digest.update(_cpu_features().encode())
+    digest.update(" ".join(sorted(cpu_isa.cpu_flags())).encode())
     return digest.hexdigest()[:16]
 
 
-def _flags() -> tuple[str, ...]:
-    return FLAGS + X86_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else FLAGS
+def _flags(isa: cpu_isa.InstructionSet, fast_math: bool) -> tuple[str, ...]:
+    flags = FLAGS + isa.flags + (FAST_MATH if fast_math else ())
+    return flags + X86_FLAGS if cpu_isa.is_x86() else flags
 
 
 def _compiler_version(compiler: str) -> str:
@@ -115,12 +139,3 @@ def _compiler_version(compiler: str) -> str:
         ).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KernelBuildError(f"{compiler} failed to run: {exc}") from exc
-
-
-def _cpu_features() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    return platform.machine() + platform.processor()

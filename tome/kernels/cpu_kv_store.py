@@ -4,11 +4,10 @@ rows rotated by one torch matmul first, as the Triton store does). Every stored 
 what tome.layers.torch_attention_backend.write_kv stores; other cache dtypes stay there."""
 
 import ctypes
-from functools import cache
 
 import torch
 
-from tome.kernels.cpu_kernels import load_declared
+from tome.kernels.cpu_kernels import KernelSource, load_declared
 from tome.kernels.token_rows import with_contiguous_heads
 from tome.layers.kv_quantization import SCALE_DTYPE, rotation
 from tome.layers.layer_kv_cache import LayerKVCache
@@ -17,12 +16,24 @@ from tome.layers.layer_kv_cache import LayerKVCache
 STORE_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
-@cache
+_pointer, _size = ctypes.c_void_p, ctypes.c_int64
+# Rounded as torch rounds, so built without -ffast-math.
+KERNEL = KernelSource(
+    "kv_store",
+    {
+        "tome_store_kv": (
+            ctypes.c_int,
+            [_pointer, _size, _pointer, _size, _pointer, _size, _size, _size, ctypes.c_int]
+            + [_pointer] * 4,
+        )
+    },
+    fast_math=False,
+)
+
+
 def kernel_library() -> ctypes.CDLL | None:
     """The compiled kernel, its signature declared; None where it cannot be built."""
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    arguments = [pointer, size, pointer, size, pointer, size, size, size, ctypes.c_int]
-    return load_declared("kv_store", {"tome_store_kv": (ctypes.c_int, arguments + [pointer] * 4)})
+    return load_declared(KERNEL)
 
 
 def supports_cache(cache: LayerKVCache) -> bool:

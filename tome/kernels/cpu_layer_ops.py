@@ -3,29 +3,29 @@ one pass of cpu/layer_ops.cpp instead of a handful of torch ops. The layers call
 where `runs_on(x)` holds and their torch ops elsewhere; the tests hold the two equal."""
 
 import ctypes
-from functools import cache
 
 import torch
 
-from tome.kernels.cpu_kernels import load_declared
+from tome.kernels.cpu_kernels import KernelSource, load_declared
 from tome.kernels.token_rows import with_contiguous_heads
 
+_pointer, _size = ctypes.c_void_p, ctypes.c_int64
+KERNEL = KernelSource(
+    "layer_ops",
+    {
+        "tome_rms_norm": (
+            None,
+            [_pointer, _size, _pointer, ctypes.c_float, _size, _size, _pointer],
+        ),
+        "tome_rotary": (None, [_pointer, _size, _size, _size, _size, _pointer, _pointer]),
+        "tome_silu_and_mul": (None, [_pointer, _size, _size, _pointer]),
+    },
+)
 
-@cache
+
 def kernel_library() -> ctypes.CDLL | None:
     """The compiled kernels, their signatures declared; None where they cannot be built."""
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    return load_declared(
-        "layer_ops",
-        {
-            "tome_rms_norm": (
-                None,
-                [pointer, size, pointer, ctypes.c_float, size, size, pointer],
-            ),
-            "tome_rotary": (None, [pointer, size, size, size, size, pointer, pointer]),
-            "tome_silu_and_mul": (None, [pointer, size, size, pointer]),
-        },
-    )
+    return load_declared(KERNEL)
 
 
 def runs_on(x: torch.Tensor) -> bool:

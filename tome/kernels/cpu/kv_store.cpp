@@ -6,7 +6,8 @@
 //
 // Every stored value equals the torch reference's bit for bit: bfloat16 rounds to nearest
 // even as torch does, and int8 divides (no reciprocal) and rounds half to even as
-// torch.round does.
+// torch.round does. So this file is built without -ffast-math (cpu_kv_store.py says so):
+// with it, GCC multiplied by 1 / scale even inside a function marked no-reciprocal-math.
 
 #include <cmath>
 #include <cstdint>
@@ -28,14 +29,10 @@ struct Destination {
 uint16_t to_bfloat16(float x) {
     uint32_t bits;
     std::memcpy(&bits, &x, sizeof bits);
-    // NaN tested on the bits (-ffast-math assumes isnan never holds), and stored as torch's
-    // vectorized CPU conversion stores it.
+    // NaN stored as torch's vectorized CPU conversion stores it.
     if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0xFFFF;
     return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
-
-#pragma GCC push_options
-#pragma GCC optimize("no-reciprocal-math")
 
 // One head's row: scale = max|x| / 127 (1 for an all-zero row), codes round(x / scale).
 void quantize_row(const float* in, int64_t head_dim, int8_t* codes, float* scale) {
@@ -49,8 +46,6 @@ void quantize_row(const float* in, int64_t head_dim, int8_t* codes, float* scale
     }
     *scale = s;
 }
-
-#pragma GCC pop_options
 
 // One token's rows [heads, head_dim] (contiguous) into slot `slot` of `out`.
 void store_token(const float* in, int64_t slot, int64_t heads, int64_t head_dim, int kind,
