@@ -87,6 +87,20 @@ def test_bad_flags_give_one_error_line(runner, tiny_llama, bad):
     assert_one_error_line(result)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--prefill-min-share", "2"],
+        ["--max-num-partial-prefills", "0"],
+        ["--long-prefill-token-threshold", "0"],
+        ["--max-num-batched-tokens", "8"],
+    ],
+)
+def test_bad_scheduling_flags_of_serve_give_one_error_line(runner, tiny_llama, bad):
+    result = runner.invoke(app, ["serve", str(tiny_llama), *SMALL_KV, *bad])
+    assert_one_error_line(result)
+
+
 def test_missing_model_gives_one_error_line(runner, tmp_path):
     result = runner.invoke(app, ["run", "Hello", "--model", str(tmp_path / "nothing")])
     assert_one_error_line(result)

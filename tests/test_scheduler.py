@@ -10,7 +10,7 @@ import itertools
 from tome.engine.block_manager import BlockManager
 from tome.engine.detokenizer import IncrementalDetokenizer
 from tome.engine.sampling_params import SamplingParams
-from tome.engine.scheduler import ScheduledBatch, Scheduler
+from tome.engine.scheduler import PrefillPolicy, ScheduledBatch, Scheduler
 from tome.engine.sequence import Sequence, SequenceStatus
 
 BS = 4
@@ -53,8 +53,10 @@ def run_all(sched: Scheduler, limit: int = 200) -> list[ScheduledBatch]:
     return batches
 
 
-def scheduler(num_blocks=64, budget=16, max_num_seqs=8) -> Scheduler:
-    return Scheduler(BlockManager(num_blocks, BS, True), budget, max_num_seqs)
+def scheduler(num_blocks=64, budget=16, max_num_seqs=8, **policy) -> Scheduler:
+    return Scheduler(
+        BlockManager(num_blocks, BS, True), budget, max_num_seqs, PrefillPolicy(**policy)
+    )
 
 
 def entries(batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
@@ -216,3 +218,69 @@ def test_a_waiting_request_preempts_only_strictly_lower_priorities():
     sched.add(urgent)
     assert entries(step(sched)) == [(urgent, 8)]
     assert sched.num_preemptions == 1 and running.status is SequenceStatus.WAITING
+
+
+def test_within_a_priority_short_prompts_go_before_long_ones():
+    sched = scheduler(budget=16, long_prefill_token_threshold=20, prefill_min_share=0.25)
+    long = make_seq(60, max_tokens=1)
+    sched.add(long)
+    assert entries(step(sched)) == [(long, 16)]
+    short = make_seq(10, max_tokens=1, base=500)
+    sched.add(short)
+    # The long prompt keeps its share (a quarter of 16) and gets what the short one leaves.
+    assert dict(entries(step(sched))) == {long: 6, short: 10}
+    assert short.status is SequenceStatus.FINISHED
+    run_all(sched)
+    assert len(long.output_token_ids) == 1
+
+
+def test_a_higher_priority_prompt_takes_the_budget_from_a_running_prefill_without_preempting():
+    sched = scheduler(budget=16, prefill_min_share=0.25)
+    book = make_seq(60, priority=10, max_tokens=1)
+    sched.add(book)
+    step(sched)
+    urgent = make_seq(30, priority=0, max_tokens=1, base=500)  # long too, but it outranks
+    sched.add(urgent)
+    assert dict(entries(step(sched))) == {book: 4, urgent: 12}
+    assert sched.num_preemptions == 0 and book.num_computed_tokens == 20
+
+
+def test_no_minimum_share_lets_a_higher_priority_take_the_whole_step():
+    sched = scheduler(budget=16, prefill_min_share=0.0)
+    book = make_seq(60, priority=10, max_tokens=1)
+    sched.add(book)
+    step(sched)
+    urgent = make_seq(30, priority=0, max_tokens=1, base=500)
+    sched.add(urgent)
+    assert entries(step(sched)) == [(urgent, 16)]
+
+
+def test_at_most_max_num_partial_prefills_prompts_are_mid_prefill():
+    sched = scheduler(
+        budget=16,
+        max_num_partial_prefills=1,
+        long_prefill_token_threshold=20,
+        prefill_min_share=0.25,
+    )
+    book = make_seq(60, max_tokens=1)
+    sched.add(book)
+    step(sched)
+    # Short enough to go first, too long to finish in what the book's share leaves.
+    chapter = make_seq(18, max_tokens=1, base=300)
+    note = make_seq(3, max_tokens=1, base=900)  # fits the step: starts anyway
+    sched.add(chapter)
+    sched.add(note)
+    assert dict(entries(step(sched))) == {book: 13, note: 3}
+    assert chapter.status is SequenceStatus.WAITING
+    run_all(sched)
+    assert len(chapter.output_token_ids) == len(book.output_token_ids) == 1
+
+
+def test_a_higher_priority_prompt_starts_beyond_the_partial_prefill_limit():
+    sched = scheduler(budget=16, max_num_partial_prefills=1, prefill_min_share=0.25)
+    book = make_seq(60, priority=10, max_tokens=1)
+    sched.add(book)
+    step(sched)
+    urgent = make_seq(40, priority=0, max_tokens=1, base=500)
+    sched.add(urgent)
+    assert dict(entries(step(sched))) == {book: 4, urgent: 12}

@@ -243,6 +243,17 @@ def test_pro_is_served_first_and_shed_tier_is_refused_when_saturated(server, key
     print(f"free {free * 1e3:.0f} ms saturated")
     assert loaded <= TTFT_RATIO_BOUND * unloaded
     assert loaded < free  # the pro request did not wait in line
+    metrics = server.metrics()
+    for tier in ("pro", "free"):  # per tier, as the engine measured them
+        assert metrics[f'tome_time_to_first_token_seconds_count{{tier="{tier}"}}'] >= 3
+        assert metrics[f'tome_queue_time_seconds_count{{tier="{tier}"}}'] >= 3
+    # Free requests queued behind the flood; pro ones did not.
+    assert (
+        metrics['tome_queue_time_seconds_sum{tier="free"}']
+        / metrics['tome_queue_time_seconds_count{tier="free"}']
+        > metrics['tome_queue_time_seconds_sum{tier="pro"}']
+        / metrics['tome_queue_time_seconds_count{tier="pro"}']
+    )
     response = shed.value.response
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "overloaded_error"

@@ -320,7 +320,12 @@ def test_models_tokenize_health_and_metrics(client, server, hf_tokenizer):
     metrics = server.metrics()
     assert metrics['tome_requests_total{endpoint="/v1/chat/completions",status="200"}'] >= 1
     assert metrics['tome_requests_total{endpoint="/v1/chat/completions",status="400"}'] >= 1
-    assert metrics["tome_time_to_first_token_seconds_count"] >= 1
+    # Without keys every caller is the local tier.
+    assert metrics['tome_time_to_first_token_seconds_count{tier="local"}'] >= 1
+    assert metrics['tome_queue_time_seconds_count{tier="local"}'] >= 1
+    steps = metrics["tome_prefills_per_step_count"]
+    assert 0 < metrics['tome_prefills_per_step_bucket{le="1"}'] <= steps
+    assert metrics['tome_prefills_per_step_bucket{le="+Inf"}'] == steps
     assert metrics["tome_time_per_output_token_seconds_count"] >= 1
     assert 0 < metrics["tome_prefix_cache_hit_rate"] <= 1
     assert "tome_kv_cache_usage_ratio" in metrics

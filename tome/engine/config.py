@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tome.engine.scheduler import PrefillPolicy
 from tome.errors import InvalidRequestError
 from tome.layers.sparse_prefill import SparsePrefillConfig
 from tome.models.rope_override import check_rope_override
@@ -11,6 +12,13 @@ from tome.models.rope_override import check_rope_override
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # int8 and fp8 store one float32 scale per token and head beside the values.
 KV_CACHE_DTYPES = {**DTYPES, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
+# Default step budgets, in tokens. A GPU computes 8,192 prompt tokens of a 7B model in well
+# under a second; two CPU cores take a second for CPU_STEP_TOKENS of the embedded model
+# (BENCHMARKS.md, scheduling), and a request arriving mid-step waits for the step's end.
+GPU_STEP_TOKENS = 8192
+CPU_STEP_TOKENS = 1024
+LONG_PREFILL_FRACTION = 0.04
+MIN_LONG_PREFILL_TOKENS = 256
 
 
 @dataclass
@@ -26,8 +34,20 @@ class EngineConfig:
     kv_cache_memory: int | float | None = None
     kv_cache_dtype: str = "auto"  # auto: the model's dtype (float32 on CPU); or KV_CACHE_DTYPES
     block_size: int = 16
-    max_num_batched_tokens: int = 8192  # token budget of one step; longer prompts are chunked
+    # The token budget of one step: longer prompts are chunked, and a request that arrives
+    # mid-step waits for the step's end. None: 8192 on a GPU, CPU_STEP_TOKENS on the CPU.
+    max_num_batched_tokens: int | None = None
     max_num_seqs: int = 64
+    # How a step's budget is shared among prompts (scheduler.py). At most this many prompts
+    # are mid-prefill at once; a request whose prompt fits the step, or that outranks one of
+    # them, starts anyway.
+    max_num_partial_prefills: int = 4
+    # A prompt with more tokens left than this is long: within a priority, shorter ones are
+    # served before it. None: 4% of the window (vLLM's default), at least 256.
+    long_prefill_token_threshold: int | None = None
+    # Every prompt being prefilled gets at least this share of a step's prefill budget,
+    # whatever waits ahead of it: no priority starves.
+    prefill_min_share: float = 0.125
     enable_prefix_caching: bool = True
     # Cached prefix blocks the device pool evicts go down to host memory (bytes; 0: none),
     # and from there to files under disk_kv_cache_dir (bounded by disk_kv_cache_memory
@@ -65,12 +85,13 @@ class EngineConfig:
                 self.kv_cache_dtype == "auto" or self.kv_cache_dtype in KV_CACHE_DTYPES,
                 f"kv_cache_dtype must be auto or one of {', '.join(KV_CACHE_DTYPES)}",
             ),
-            (self.max_num_batched_tokens >= 16, "max_num_batched_tokens must be >= 16"),
-            (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
             (
-                self.max_num_batched_tokens >= self.max_num_seqs,
-                "max_num_batched_tokens must be >= max_num_seqs, or some decodes would wait",
+                self.max_num_batched_tokens is None
+                or (_is_int(self.max_num_batched_tokens) and self.max_num_batched_tokens >= 16),
+                "max_num_batched_tokens must be >= 16",
             ),
+            (_is_int(self.max_num_seqs) and self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
+            *self._prefill_sharing_checks(),
             (self.load_format in ("auto", "dummy"), "load_format must be auto or dummy"),
             (
                 self.gguf_weights in ("auto", "dequantize"),
@@ -83,6 +104,42 @@ class EngineConfig:
                 raise InvalidRequestError(message)
         self.rope_scaling = check_rope_override(self.rope_scaling)
         self.resolved_device()
+
+    def _prefill_sharing_checks(self) -> list[tuple[bool, str]]:
+        threshold = self.long_prefill_token_threshold
+        share = self.prefill_min_share
+        return [
+            (
+                self.max_num_batched_tokens is None
+                or self.max_num_batched_tokens >= self.max_num_seqs,
+                "max_num_batched_tokens must be >= max_num_seqs, or some decodes would wait",
+            ),
+            (
+                _is_int(self.max_num_partial_prefills) and self.max_num_partial_prefills >= 1,
+                "max_num_partial_prefills must be >= 1",
+            ),
+            (
+                threshold is None or (_is_int(threshold) and threshold >= 1),
+                "long_prefill_token_threshold must be >= 1",
+            ),
+            (
+                isinstance(share, int | float) and not isinstance(share, bool) and 0 <= share <= 1,
+                "prefill_min_share must be in [0, 1]",
+            ),
+        ]
+
+    def step_token_budget(self) -> int:
+        """max_num_batched_tokens, or its default for the device."""
+        if self.max_num_batched_tokens is not None:
+            return self.max_num_batched_tokens
+        budget = GPU_STEP_TOKENS if self.resolved_device().type == "cuda" else CPU_STEP_TOKENS
+        return max(budget, self.max_num_seqs)
+
+    def prefill_policy(self, max_model_len: int) -> PrefillPolicy:
+        threshold = self.long_prefill_token_threshold
+        if threshold is None:
+            threshold = max(MIN_LONG_PREFILL_TOKENS, int(max_model_len * LONG_PREFILL_FRACTION))
+        return PrefillPolicy(self.max_num_partial_prefills, threshold, self.prefill_min_share)
 
     def _kv_tier_checks(self) -> list[tuple[bool, str]]:
         return [

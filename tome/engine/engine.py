@@ -55,7 +55,10 @@ class Engine:
             num_blocks, config.block_size, config.enable_prefix_caching
         )
         self.scheduler = Scheduler(
-            self.block_manager, config.max_num_batched_tokens, config.max_num_seqs
+            self.block_manager,
+            config.step_token_budget(),
+            config.max_num_seqs,
+            config.prefill_policy(self.max_model_len),
         )
         self.runner = ModelRunner(
             loaded.model,
@@ -300,4 +303,5 @@ class Engine:
             logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
             # Not copied: complete before the first token is sampled, never changed after.
             prompt_logprobs=seq.prompt_logprobs,
+            queue_seconds=seq.queue_seconds,
         )

@@ -32,6 +32,7 @@ class RequestOutput:
     # One per prompt token, the first None (nothing precedes it); when asked for, as in vLLM.
     prompt_logprobs: list[TokenLogprob | None] | None = None
     error: str | None = None
+    queue_seconds: float | None = None  # waited before its prefill first ran
 
     @property
     def finished(self) -> bool:

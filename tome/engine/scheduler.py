@@ -1,11 +1,19 @@
 """Scheduler: continuous batching under a per-step token budget.
 
-Each step serves running decodes first, then continues chunked prefills, then admits
-waiting requests in priority order. When KV blocks run out, the lowest-priority, newest
-running request is preempted: its blocks are freed and it is recomputed later (its full
-blocks usually come back from the prefix cache)."""
+Each step serves every running decode first (a decode never waits more than one step). The
+rest of the budget is shared among prompts, not taken by the oldest: each prompt already
+being prefilled is first given a minimum share (so none starves), then running prefills and
+waiting requests together get the rest in prefill order: priority first, then short prompts
+before long ones, then arrival. So a short or higher-priority question that arrives while a
+book is being read is admitted at the next step and answered within it or the one after,
+while the book's prefill goes on; a prefill that gives way keeps its computed blocks.
+PrefillPolicy bounds how many prompts are mid-prefill at once. When KV blocks run out, the
+lowest-priority, newest running request is preempted: its blocks are freed and it is
+recomputed later (its full blocks usually come back from the prefix cache)."""
 
 import bisect
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tome.engine.block_manager import BlockManager
@@ -25,18 +33,40 @@ class ScheduledBatch:
     def num_decodes(self) -> int:
         return sum(1 for n in self.num_new_tokens if n == 1)
 
+    @property
+    def num_prefills(self) -> int:
+        """Sequences computing prompt tokens this step (one-token chunks included)."""
+        return sum(1 for seq in self.seqs if seq.num_computed_tokens < len(seq.prompt_token_ids))
+
     def __len__(self) -> int:
         return len(self.seqs)
 
 
+@dataclass(frozen=True)
+class PrefillPolicy:
+    """How a step's budget is shared among prompts (EngineConfig documents each knob)."""
+
+    max_num_partial_prefills: int = 4
+    long_prefill_token_threshold: int = 2048
+    prefill_min_share: float = 0.125
+
+
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_batched_tokens: int, max_num_seqs: int):
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_batched_tokens: int,
+        max_num_seqs: int,
+        policy: PrefillPolicy = PrefillPolicy(),
+    ):
         self.block_manager = block_manager
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
+        self.policy = policy
         self.waiting: list[Sequence] = []  # sorted by schedule_key
         self.running: list[Sequence] = []  # sorted by schedule_key
         self.num_preemptions = 0
+        self.steps_by_prefills: Counter[int] = Counter()  # steps run, by prefills in them
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
@@ -62,10 +92,13 @@ class Scheduler:
         # One dict of sequence -> tokens this step; preemption removes its victims from it.
         scheduled: dict[Sequence, int] = {}
         budget = self._schedule_decodes(scheduled, self.max_num_batched_tokens)
-        budget = self._schedule_running_prefills(scheduled, budget)
-        self._schedule_waiting(scheduled, budget)
+        budget = self._give_minimum_shares(scheduled, budget)
+        self._schedule_prefills(scheduled, budget)
         entries = sorted(scheduled.items(), key=lambda entry: entry[1] != 1)
-        return ScheduledBatch([seq for seq, _ in entries], [n for _, n in entries])
+        batch = ScheduledBatch([seq for seq, _ in entries], [n for _, n in entries])
+        if batch.seqs:
+            self.steps_by_prefills[batch.num_prefills] += 1
+        return batch
 
     def _schedule_decodes(self, scheduled: dict[Sequence, int], budget: int) -> int:
         """Every running decode first, even below a higher-priority chunked prefill, which
@@ -80,24 +113,59 @@ class Scheduler:
                 budget -= 1
         return budget
 
-    def _schedule_running_prefills(self, scheduled: dict[Sequence, int], budget: int) -> int:
-        for seq in self.running:
-            if budget == 0:
+    def _give_minimum_shares(self, scheduled: dict[Sequence, int], budget: int) -> int:
+        """Each prompt being prefilled, oldest first, gets its minimum share of what the
+        decodes left, whatever waits ahead of it in prefill order."""
+        share = int(budget * self.policy.prefill_min_share)
+        for seq in sorted(self._running_prefills(), key=lambda s: s.arrival):
+            if budget == 0 or share == 0:
                 break
-            if seq.num_uncomputed_tokens > 1:
-                scheduled[seq] = min(seq.num_uncomputed_tokens, budget)
-                budget -= scheduled[seq]
+            scheduled[seq] = min(seq.num_uncomputed_tokens, share, budget)
+            budget -= scheduled[seq]
         return budget
 
-    def _schedule_waiting(self, scheduled: dict[Sequence, int], budget: int) -> None:
-        while self.waiting and budget > 0:
-            seq = self.waiting[0]
-            if len(self.running) >= self.max_num_seqs and not self._free_a_seat(seq, scheduled):
+    def _running_prefills(self) -> list[Sequence]:
+        return [s for s in self.running if s.num_uncomputed_tokens > 1]
+
+    def _schedule_prefills(self, scheduled: dict[Sequence, int], budget: int) -> None:
+        """Running prefills and waiting requests share the rest in prefill order. A waiting
+        request that cannot get a seat or blocks stops admissions for this step (those
+        behind it would otherwise take what it waits for), not the running prefills."""
+        admitting, waiting = True, set(self.waiting)  # not those this step preempts
+        for seq in sorted(self._running_prefills() + self.waiting, key=self._prefill_order):
+            if budget == 0:
                 break
-            if not self._admit(seq, scheduled):
-                break
-            scheduled[seq] = min(seq.num_uncomputed_tokens, budget)
-            budget -= scheduled[seq]
+            if seq.status is SequenceStatus.RUNNING:
+                more = min(seq.num_uncomputed_tokens - scheduled.get(seq, 0), budget)
+                scheduled[seq] = scheduled.get(seq, 0) + more
+                budget -= more
+            elif admitting and seq in waiting and self._may_start(seq, scheduled, budget):
+                admitting = self._take_a_seat(seq, scheduled) and self._admit(seq, scheduled)
+                if admitting:
+                    scheduled[seq] = min(seq.num_uncomputed_tokens, budget)
+                    budget -= scheduled[seq]
+
+    def _prefill_order(self, seq: Sequence) -> tuple[int, bool, int]:
+        """Priority, then short prompts before long ones, then arrival."""
+        is_long = seq.num_uncomputed_tokens > self.policy.long_prefill_token_threshold
+        return (seq.priority, is_long, seq.arrival)
+
+    def _may_start(self, seq: Sequence, scheduled: dict[Sequence, int], budget: int) -> bool:
+        """Whether a waiting request may start its prefill now: it does when it finishes
+        within this step, when fewer than max_num_partial_prefills prompts stay
+        mid-prefill, or when it outranks one of them (a paying tier's book does not wait
+        for a free tier's)."""
+        if seq.num_uncomputed_tokens <= budget:
+            return True
+        partial = [
+            s for s in self._running_prefills() if s.num_uncomputed_tokens > scheduled.get(s, 0)
+        ]
+        return len(partial) < self.policy.max_num_partial_prefills or any(
+            s.priority > seq.priority for s in partial
+        )
+
+    def _take_a_seat(self, seq: Sequence, scheduled: dict[Sequence, int]) -> bool:
+        return len(self.running) < self.max_num_seqs or self._free_a_seat(seq, scheduled)
 
     def _reserve_slot(self, seq: Sequence, scheduled: dict[Sequence, int]) -> bool:
         """Find a slot for seq's next token, preempting lower-ranked sequences if needed."""
@@ -126,6 +194,8 @@ class Scheduler:
             self._preempt(victim, scheduled)
         self.waiting.remove(seq)
         seq.status = SequenceStatus.RUNNING
+        if seq.first_scheduled_at is None:
+            seq.first_scheduled_at = time.monotonic()
         bisect.insort(self.running, seq, key=lambda s: s.schedule_key)
         return True
 

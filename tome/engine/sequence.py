@@ -2,6 +2,7 @@
 
 import enum
 import itertools
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,8 @@ class Sequence:
     kv_namespace: bytes = b""
     kv_token_limit: int = 0  # KV tokens it may fill: the pool less others' pinned contexts
     arrival: int = field(default_factory=lambda: next(_arrival_counter))
+    arrived_at: float = field(default_factory=time.monotonic)
+    first_scheduled_at: float | None = None  # when its prefill first ran
     output_token_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # prompt + output
     block_table: list[int] = field(default_factory=list)
@@ -78,6 +81,13 @@ class Sequence:
         if self.needs_prompt_logprobs:
             return len(self.prompt_logprobs) - 1
         return self.num_tokens - 1
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """How long it waited before its prefill first ran (None while it waits)."""
+        if self.first_scheduled_at is None:
+            return None
+        return self.first_scheduled_at - self.arrived_at
 
     @property
     def schedule_key(self) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tome.layers.attention_metadata import AttentionMetadata
+from tome.layers.chunk_attention import continue_chunk_attention
 from tome.layers.kv_quantization import dequantize_from_cache, quantize_for_cache, round_trip
 from tome.layers.layer_kv_cache import LayerKVCache
 from tome.layers.sparse_prefill import vertical_slash_attention
@@ -214,6 +215,9 @@ class TorchAttentionBackend:
             return out[0].transpose(0, 1).to(q.dtype)
         keys, values = read_kv(cache, lambda t: context_kv(t, meta, i, length))
         query = query.to(keys.dtype)
+        if q.device.type == "cpu":
+            out = continue_chunk_attention(query, keys, values, scale)
+            return out[0].transpose(0, 1).to(q.dtype)
         num_queries = end - start
         rows = max(1, MASK_ELEMENTS // length)
         out = torch.empty_like(query)

@@ -73,6 +73,23 @@ def serve(
     disk_kv_cache_dir: DiskKVDirOption = None,
     disk_kv_cache_memory: DiskKVMemoryOption = "16GiB",
     max_num_seqs: Annotated[int, typer.Option(help="Most requests computed at once.")] = 64,
+    max_num_batched_tokens: Annotated[
+        int | None,
+        typer.Option(help="Tokens computed in one step (default: 8192 on a GPU, 1024 on a CPU)."),
+    ] = None,
+    max_num_partial_prefills: Annotated[
+        int, typer.Option(help="Most prompts mid-prefill at once (short ones start anyway).")
+    ] = 4,
+    long_prefill_token_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="Prompts longer than this yield to shorter ones of their priority "
+            "(default: 4% of the window, at least 256)."
+        ),
+    ] = None,
+    prefill_min_share: Annotated[
+        float, typer.Option(help="Least share of a step each prompt being prefilled gets.")
+    ] = 0.125,
     search_url: Annotated[
         str | None, typer.Option(help="A SearXNG instance for the assistant's web search.")
     ] = None,
@@ -108,7 +125,14 @@ def serve(
             disk_kv_cache_dir=disk_kv_cache_dir,
             disk_kv_cache_memory=parse_size(disk_kv_cache_memory),
         )
-        run_server(replace(engine, max_num_seqs=max_num_seqs, **tiers), server)
+        scheduling = dict(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_partial_prefills=max_num_partial_prefills,
+            long_prefill_token_threshold=long_prefill_token_threshold,
+            prefill_min_share=prefill_min_share,
+        )
+        run_server(replace(engine, **scheduling, **tiers), server)
     except TomeError as exc:
         fail(exc)
 

@@ -44,6 +44,8 @@ class GenerationResult:
     status: str  # finished, aborted or error
     time_to_first_token: float | None
     time_per_output_token: list[float] = field(default_factory=list)  # one per choice
+    # Engine queue time before the first prefill step, the longest of its choices'.
+    queue_seconds: float | None = None
 
 
 class Generation:
@@ -134,7 +136,9 @@ class Generation:
         status = "error" if self._failed else "finished" if finished else "aborted"
         ttft = None if self._first_token_at is None else self._first_token_at - self._started_at
         tpot = [(t[-1] - t[0]) / (len(t) - 1) for t in self._token_times.values() if len(t) > 1]
-        return GenerationResult(self.request_id, self.counts, status, ttft, tpot)
+        queued = [o.queue_seconds for o in self._outputs.values() if o.queue_seconds is not None]
+        queue_seconds = max(queued) if queued else None
+        return GenerationResult(self.request_id, self.counts, status, ttft, tpot, queue_seconds)
 
     def _counts(self) -> TokenCounts:
         """Prompt tokens once per prompt (as OpenAI counts n > 1), for prompts the engine

@@ -104,10 +104,7 @@ class ServerState:
         counts = result.counts
         self.limiter.charge_completion(caller, counts.completion)
         self.metrics.count_tokens(counts.prompt, counts.cached, counts.completion)
-        if result.time_to_first_token is not None:
-            self.metrics.ttft.observe(result.time_to_first_token)
-        for seconds in result.time_per_output_token:
-            self.metrics.tpot.observe(seconds)
+        self.metrics.observe_latency(caller.tier.name, result)
         entry = UsageEntry(
             key_id=caller.key_id,
             request_id=result.request_id,
