@@ -45,3 +45,50 @@ def test_an_unreachable_server_is_one_error_line():
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert "error" in result.output.lower()
+
+
+MIXED = [
+    "--workload",
+    "mixed",
+    "--num-long-prompts",
+    "2",
+    "--long-prompt-len",
+    "600",
+    "--num-prompts",
+    "4",
+    "--prompt-len",
+    "5",
+    "--output-len",
+    "3",
+    "--request-rate",
+    "20",
+    "--short-delay",
+    "0",
+]
+
+
+def assert_complete_mixed_table(text: str) -> None:
+    assert "requests (long + short) / failed 6 / 0" in text
+    for metric in ("short TTFT alone", "short pro TTFT p99", "short free TTFT p50"):
+        assert metric in text
+    assert "long request total time, max (s)" in text
+
+
+def test_mixed_workload_against_a_live_server(server, tmp_path):
+    markdown = tmp_path / "bench.md"
+    args = ["bench", "serve", "--base-url", server.base_url, "--model", "tiny", *MIXED]
+    result = CliRunner().invoke(app, [*args, "--markdown", str(markdown)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = markdown.read_text()
+    assert_complete_mixed_table(text.replace("| ", "").replace(" |", ""))
+    # Each long prompt reached the server whole: 600 words, at least a token each.
+    row = next(line for line in text.splitlines() if line.startswith("| long prompt tokens"))
+    assert all(int(n) >= 600 for n in row.split("|")[2].split(","))
+
+
+def test_mixed_workload_against_the_bare_engine(tiny_llama, tmp_path):
+    markdown = tmp_path / "bench.md"
+    args = ["bench", "serve", "--model", str(tiny_llama), *MIXED, "--markdown", str(markdown)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert_complete_mixed_table(markdown.read_text().replace("| ", "").replace(" |", ""))

@@ -34,9 +34,25 @@ def bench_serve(
     output_len: Annotated[int, typer.Option(help="Tokens of each answer.")] = 128,
     len_jitter: Annotated[float, typer.Option(help="Lengths drawn within ± this share.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the workload.")] = 0,
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="uniform, or mixed: long prompts (free tier) read while short questions "
+            "of the pro and free tiers arrive at --request-rate (default 1/s)."
+        ),
+    ] = "uniform",
+    num_long_prompts: Annotated[int, typer.Option(help="Mixed: long prompts.")] = 2,
+    long_prompt_len: Annotated[int, typer.Option(help="Mixed: words of a long prompt.")] = 5000,
+    short_delay: Annotated[
+        float, typer.Option(help="Mixed: seconds from the long prompts to the first question.")
+    ] = 1.0,
+    pro_api_key: Annotated[
+        str | None, typer.Option(help="Mixed, over HTTP: the pro tier's key (else --api-key).")
+    ] = None,
     markdown: Annotated[Path | None, typer.Option(help="Append the table as Markdown.")] = None,
 ) -> None:
-    """Load an OpenAI-compatible server (or our bare engine): throughput, TTFT, TPOT, ITL."""
+    """Load an OpenAI-compatible server (or our bare engine): throughput, TTFT, TPOT, ITL;
+    or, with --workload mixed, the short questions' TTFT per tier while long prompts are read."""
     from tome.bench.serve_load import run_serve_bench
     from tome.bench.serve_workload import ServeBenchConfig
 
@@ -52,6 +68,11 @@ def bench_serve(
             output_len=output_len,
             len_jitter=len_jitter,
             seed=seed,
+            workload=workload,
+            num_long_prompts=num_long_prompts,
+            long_prompt_len=long_prompt_len,
+            short_delay_s=short_delay,
+            pro_api_key=pro_api_key,
         )
         report = run_serve_bench(config, console)
     except TomeError as exc:

@@ -21,8 +21,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+class TableReport:
+    """A report of (metric, value) rows under a title, printed or appended as Markdown."""
+
+    @property
+    def title(self) -> str:
+        raise NotImplementedError
+
+    def rows(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def rich_table(self) -> Table:
+        table = Table(title=self.title)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for row in self.rows():
+            table.add_row(*row)
+        return table
+
+    def append_markdown(self, path: Path) -> None:
+        lines = [f"\n### {self.title}\n", "| metric | value |", "|---|---:|"]
+        lines += [f"| {name} | {value} |" for name, value in self.rows()]
+        with path.open("a") as file:
+            file.write("\n".join(lines) + "\n")
+
+
 @dataclass
-class ServeBenchReport:
+class ServeBenchReport(TableReport):
     config: ServeBenchConfig
     traces: list[Trace]
     duration_s: float
@@ -75,17 +100,3 @@ class ServeBenchReport:
             f"{c.output_len} tokens (jitter {c.len_jitter:g}), concurrency "
             f"{c.concurrency or 'unbounded'}, rate {c.request_rate or 'inf'}/s"
         )
-
-    def rich_table(self) -> Table:
-        table = Table(title=self.title)
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for row in self.rows():
-            table.add_row(*row)
-        return table
-
-    def append_markdown(self, path: Path) -> None:
-        lines = [f"\n### {self.title}\n", "| metric | value |", "|---|---:|"]
-        lines += [f"| {name} | {value} |" for name, value in self.rows()]
-        with path.open("a") as file:
-            file.write("\n".join(lines) + "\n")

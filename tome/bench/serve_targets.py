@@ -26,16 +26,22 @@ class Trace:
 
 
 class HttpTarget:
-    def __init__(self, base_url: str, model: str, api_key: str) -> None:
+    """Tiers reach the server two ways: as the API key of the tier (tome serve finds the
+    tier's priority by key) and as vLLM's `priority` field (its --scheduling-policy
+    priority reads it; tome ignores it)."""
+
+    def __init__(self, base_url: str, model: str, keys: dict[str, str]) -> None:
         self.model = model
+        self.keys = keys  # tier -> API key; "free" is also the key of untiered requests
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
             timeout=httpx.Timeout(600.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
         )
 
-    async def run(self, prompt: str, max_tokens: int) -> Trace:
+    async def run(
+        self, prompt: str, max_tokens: int, tier: str = "free", priority: int = 0
+    ) -> Trace:
         body = {
             "model": self.model,
             "prompt": prompt,
@@ -44,10 +50,14 @@ class HttpTarget:
             "stream": True,
             "stream_options": {"include_usage": True},
             "ignore_eos": True,  # vLLM's extension, ours too: every answer has its length
+            "priority": priority,
         }
+        headers = {"Authorization": f"Bearer {self.keys.get(tier, self.keys['free'])}"}
         trace = Trace(time.perf_counter())
         try:
-            async with self.client.stream("POST", "/completions", json=body) as reply:
+            async with self.client.stream(
+                "POST", "/completions", json=body, headers=headers
+            ) as reply:
                 if reply.status_code != 200:
                     trace.error = f"HTTP {reply.status_code}: {(await reply.aread())[:200]!r}"
                     return trace
@@ -77,12 +87,15 @@ class EngineTarget:
         self.engine = engine
         self._count = 0
 
-    async def run(self, prompt: str, max_tokens: int) -> Trace:
+    async def run(
+        self, prompt: str, max_tokens: int, tier: str = "free", priority: int = 0
+    ) -> Trace:
         self._count += 1
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         trace = Trace(time.perf_counter())
+        request_id = f"bench-{self._count}"
         try:
-            async for out in self.engine.generate(prompt, params, f"bench-{self._count}"):
+            async for out in self.engine.generate(prompt, params, request_id, priority):
                 if out.delta_token_ids:
                     trace.chunk_times.append(time.perf_counter())
                 trace.prompt_tokens = len(out.prompt_token_ids)

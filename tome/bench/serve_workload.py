@@ -1,6 +1,7 @@
 """The serving benchmark's workload, as vLLM's random dataset: prompts of about
 `prompt_len` words and answers of `output_len` tokens, each drawn within ±`len_jitter`,
-the same for a given seed whichever server is measured."""
+the same for a given seed whichever server is measured. (The mixed workload, long prompts
+with short questions of two tiers, is serve_mixed.py's.)"""
 
 import random
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ class ServeBenchConfig:
     output_len: int = 128
     len_jitter: float = 0.0
     seed: int = 0
+    workload: str = "uniform"  # or "mixed": long prompts with short questions of two tiers
+    num_long_prompts: int = 2  # mixed: the long ones, all sent first
+    long_prompt_len: int = 5000  # mixed: words of each long prompt
+    short_delay_s: float = 1.0  # mixed: questions start this long after the long prompts
+    pro_api_key: str | None = None  # mixed, over HTTP: the pro tier's key (else api_key)
 
     def __post_init__(self) -> None:
         checks = [
@@ -30,6 +36,10 @@ class ServeBenchConfig:
             (self.prompt_len >= 1 and self.output_len >= 2, "lengths: prompt >= 1, output >= 2"),
             (0.0 <= self.len_jitter < 1.0, "--len-jitter must be in [0, 1)"),
             (self.base_url is None or self.model, "--model: the served model's id is needed"),
+            (self.workload in ("uniform", "mixed"), "--workload must be uniform or mixed"),
+            (self.num_long_prompts >= 1, "--num-long-prompts must be >= 1"),
+            (self.long_prompt_len >= 1, "--long-prompt-len must be >= 1"),
+            (self.short_delay_s >= 0, "--short-delay must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
