@@ -34,7 +34,7 @@ EOF
 
 wait_ready() {
   for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$PORT/v1/models" > /dev/null && return 0
+    curl -sf "http://127.0.0.1:$PORT/health" > /dev/null && return 0
     sleep 1
   done
   echo "the server did not come up" >&2

@@ -125,6 +125,21 @@ def test_under_a_stream_of_short_requests_the_long_one_progresses_every_step(eng
     assert driver.tokens["long"] == expected(reference, LONG_PROMPT)
 
 
+def test_a_running_stream_gets_a_token_every_step_while_a_long_prompt_is_read(engine, reference):
+    driver = Driver(engine)
+    prompt = SHORT_PROMPTS[1]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    engine.add_request("stream", prompt, params, priority=5)
+    driver.step()
+    driver.add("long", LONG_PROMPT, priority=0)  # it outranks the stream
+    while driver.computed("long") < LONG:
+        before = len(driver.tokens["stream"])
+        driver.step()
+        assert len(driver.tokens["stream"]) == before + 1
+    driver.run()
+    assert driver.tokens["long"] == expected(reference, LONG_PROMPT)
+
+
 def run_mixed(config: EngineConfig) -> dict[str, list[int]]:
     """A long prompt, then short ones of two priorities arriving step by step."""
     driver = Driver(Engine(config))

@@ -227,8 +227,8 @@ def test_within_a_priority_short_prompts_go_before_long_ones():
     assert entries(step(sched)) == [(long, 16)]
     short = make_seq(10, max_tokens=1, base=500)
     sched.add(short)
-    # The long prompt keeps its share (a quarter of 16) and gets what the short one leaves.
-    assert dict(entries(step(sched))) == {long: 6, short: 10}
+    # The long prompt gets its share (a quarter of 16), no more: the step stays short.
+    assert dict(entries(step(sched))) == {long: 4, short: 10}
     assert short.status is SequenceStatus.FINISHED
     run_all(sched)
     assert len(long.output_token_ids) == 1
@@ -270,7 +270,7 @@ def test_at_most_max_num_partial_prefills_prompts_are_mid_prefill():
     note = make_seq(3, max_tokens=1, base=900)  # fits the step: starts anyway
     sched.add(chapter)
     sched.add(note)
-    assert dict(entries(step(sched))) == {book: 13, note: 3}
+    assert dict(entries(step(sched))) == {book: 4, note: 3}
     assert chapter.status is SequenceStatus.WAITING
     run_all(sched)
     assert len(chapter.output_token_ids) == len(book.output_token_ids) == 1

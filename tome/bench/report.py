@@ -11,6 +11,7 @@ from tome.bench.roofline import Roofline
 from tome.bench.spec import ModelSpec
 from tome.bench.targets import Target
 from tome.bench.workloads import Workload
+from tome.kernels import cpu_isa
 
 HEADER = ("metric", "tome", "transformers", "tome / transformers", "target")
 ROOFLINE_HEADER = ("roofline (tok/s)", "tome / roofline")
@@ -35,8 +36,11 @@ class Report:
         if not self.model.dummy and self.model.source.kind == "gguf":
             weights += f", ours with gguf_weights={self.model.gguf_weights}"
         sparse = ", sparse prefill" if self.model.sparse_prefill else ""
+        device = self.model.device
+        if device == "cpu":
+            device += f" ({cpu_isa.describe()})"
         return (
-            f"{self.model.name} ({weights}), {self.model.dtype} on {self.model.device}, "
+            f"{self.model.name} ({weights}), {self.model.dtype} on {device}, "
             f"KV cache {self.model.kv_cache_dtype}{sparse}; prefill: the median of "
             f"{w.prefill_repeats} runs; decode: {w.decode_tokens} tokens after each prompt"
         )

@@ -92,8 +92,9 @@ class Scheduler:
         # One dict of sequence -> tokens this step; preemption removes its victims from it.
         scheduled: dict[Sequence, int] = {}
         budget = self._schedule_decodes(scheduled, self.max_num_batched_tokens)
-        budget = self._give_minimum_shares(scheduled, budget)
-        self._schedule_prefills(scheduled, budget)
+        share = int(budget * self.policy.prefill_min_share)
+        budget = self._give_minimum_shares(scheduled, budget, share)
+        self._schedule_prefills(scheduled, budget, share)
         entries = sorted(scheduled.items(), key=lambda entry: entry[1] != 1)
         batch = ScheduledBatch([seq for seq, _ in entries], [n for _, n in entries])
         if batch.seqs:
@@ -113,10 +114,9 @@ class Scheduler:
                 budget -= 1
         return budget
 
-    def _give_minimum_shares(self, scheduled: dict[Sequence, int], budget: int) -> int:
+    def _give_minimum_shares(self, scheduled: dict[Sequence, int], budget: int, share: int) -> int:
         """Each prompt being prefilled, oldest first, gets its minimum share of what the
         decodes left, whatever waits ahead of it in prefill order."""
-        share = int(budget * self.policy.prefill_min_share)
         for seq in sorted(self._running_prefills(), key=lambda s: s.arrival):
             if budget == 0 or share == 0:
                 break
@@ -127,23 +127,37 @@ class Scheduler:
     def _running_prefills(self) -> list[Sequence]:
         return [s for s in self.running if s.num_uncomputed_tokens > 1]
 
-    def _schedule_prefills(self, scheduled: dict[Sequence, int], budget: int) -> None:
-        """Running prefills and waiting requests share the rest in prefill order. A waiting
-        request that cannot get a seat or blocks stops admissions for this step (those
-        behind it would otherwise take what it waits for), not the running prefills."""
+    def _schedule_prefills(self, scheduled: dict[Sequence, int], budget: int, share: int) -> None:
+        """Running prefills and waiting requests share the rest in prefill order. A long
+        prompt served after a shorter or higher-priority one gets no more than its share:
+        the step stays short, so their first tokens come soon. A waiting request that
+        cannot get a seat or blocks stops admissions for this step (those behind it would
+        otherwise take what it waits for), not the running prefills."""
         admitting, waiting = True, set(self.waiting)  # not those this step preempts
+        served: list[tuple[int, bool]] = []  # (priority, long) of the prompts given tokens
         for seq in sorted(self._running_prefills() + self.waiting, key=self._prefill_order):
             if budget == 0:
                 break
-            if seq.status is SequenceStatus.RUNNING:
-                more = min(seq.num_uncomputed_tokens - scheduled.get(seq, 0), budget)
+            priority, is_long, _ = self._prefill_order(seq)
+            yields = is_long and any(
+                p < priority or (p == priority and not long) for p, long in served
+            )
+            if yields and share == 0:
+                continue
+            if seq.status is not SequenceStatus.RUNNING:
+                if not (admitting and seq in waiting and self._may_start(seq, scheduled, budget)):
+                    continue
+                admitting = self._take_a_seat(seq, scheduled) and self._admit(seq, scheduled)
+                if not admitting:
+                    continue
+            # This step's tokens for it in all, its minimum share included (counted after
+            # admission, which may have found part of its prompt in the prefix cache).
+            total = min(seq.num_uncomputed_tokens, share) if yields else seq.num_uncomputed_tokens
+            more = min(max(0, total - scheduled.get(seq, 0)), budget)
+            if more:
                 scheduled[seq] = scheduled.get(seq, 0) + more
                 budget -= more
-            elif admitting and seq in waiting and self._may_start(seq, scheduled, budget):
-                admitting = self._take_a_seat(seq, scheduled) and self._admit(seq, scheduled)
-                if admitting:
-                    scheduled[seq] = min(seq.num_uncomputed_tokens, budget)
-                    budget -= scheduled[seq]
+                served.append((priority, is_long))
 
     def _prefill_order(self, seq: Sequence) -> tuple[int, bool, int]:
         """Priority, then short prompts before long ones, then arrival."""

@@ -56,12 +56,29 @@ def is_x86() -> bool:
 @cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
+    return frozenset(_cpuinfo_field(("flags", "Features")).split())
+
+
+@cache
+def cpu_model_name() -> str:
+    return _cpuinfo_field(("model name",)) or platform.processor() or platform.machine()
+
+
+def describe() -> str:
+    """The CPU, the variant the kernels are built for, and its vector extensions, as a
+    benchmark's title names them (a result depends on all three)."""
+    extensions = sorted(flag for flag in cpu_flags() if flag.startswith(("avx512", "amx")))
+    has = f", has {' '.join(extensions)}" if extensions else ""
+    return f"{cpu_model_name()}{has}; kernels built for {selected().name}"
+
+
+def _cpuinfo_field(names: tuple[str, ...]) -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+            if line.startswith(names):
+                return line.split(":", 1)[1].strip()
+    return ""
 
 
 def runnable() -> tuple[InstructionSet, ...]:
