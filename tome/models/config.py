@@ -11,7 +11,13 @@ SUPPORTED_ARCHITECTURES = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "MixtralForCausalLM",
+    "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM",
 )
+# Families whose attention has q/k/v biases, and those with RMSNorm on q and k per head.
+QKV_BIAS_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
+QK_NORM_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
 
 
 @dataclass
@@ -65,12 +71,18 @@ class ModelConfig:
             rms_norm_eps=hf_config.rms_norm_eps,
             max_position_embeddings=context_window(hf_config),
             tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
-            attention_bias=architecture == "Qwen2ForCausalLM"
-            or bool(getattr(hf_config, "attention_bias", False)),
-            qk_norm=architecture == "Qwen3ForCausalLM",
+            attention_bias=_attention_bias(architecture, hf_config),
+            qk_norm=architecture in QK_NORM_ARCHITECTURES,
             sliding_window=_sliding_window(hf_config),
             hf_config=hf_config,
         )
+
+
+def _attention_bias(architecture: str, hf_config: Any) -> bool:
+    if architecture in QKV_BIAS_ARCHITECTURES:
+        # Qwen2-MoE's config says so as qkv_bias (default on); Qwen2's always has them.
+        return bool(getattr(hf_config, "qkv_bias", True))
+    return bool(getattr(hf_config, "attention_bias", False))
 
 
 def _sliding_window(hf_config: Any) -> int | None:
@@ -94,6 +106,9 @@ def _architecture_from_model_type(model_type: str) -> str:
         "mistral": "MistralForCausalLM",
         "qwen2": "Qwen2ForCausalLM",
         "qwen3": "Qwen3ForCausalLM",
+        "mixtral": "MixtralForCausalLM",
+        "qwen2_moe": "Qwen2MoeForCausalLM",
+        "qwen3_moe": "Qwen3MoeForCausalLM",
     }
     if model_type not in by_type:
         raise UnsupportedArchitectureError(f"model_type {model_type!r} is not supported")

@@ -4,7 +4,7 @@ One file serves Llama, Mistral, Qwen2 (bias on q/k/v) and Qwen3 (RMSNorm on q an
 head). q/k/v and gate/up are fused into one matmul each; `load_weights` takes checkpoints
 under Hugging Face names and packs them."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -59,20 +59,21 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, intermediate_size: int | None = None) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        intermediate_size = intermediate_size or config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, mlp: nn.Module) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, rotary)
-        self.mlp = LlamaMLP(config)
+        self.mlp = mlp
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -88,12 +89,14 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, make_mlp: Callable[[int], nn.Module]) -> None:
+        """make_mlp(layer index): the layer's feed-forward block (a family's MoE, say)."""
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(config.hf_config, config.head_dim)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, self.rotary) for _ in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, self.rotary, make_mlp(i))
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -121,7 +124,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config)
+        self.model = LlamaModel(config, self.make_mlp)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -131,6 +134,10 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [tokens, hidden] for a flattened batch."""
         return self.model(input_ids, positions, meta)
+
+    def make_mlp(self, layer_index: int) -> nn.Module:
+        """A layer's feed-forward block; families with experts override it."""
+        return LlamaMLP(self.config)
 
     def kv_namespace(self, prompt_len: int) -> bytes:
         """What, besides the tokens, decides the keys a prompt of this length writes: only
@@ -151,16 +158,17 @@ class LlamaForCausalLM(nn.Module):
         shapes = {}
         for original, (fused, shard) in PACKED_SHARDS.items():
             if f".{fused}." in name:
-                size = self._shard_sizes(fused)[shard]
+                size = self._shard_sizes(fused, shape[0])[shard]
                 shapes[name.replace(fused, original)] = (size, *shape[1:])
         return shapes or {name: shape}
 
-    def _shard_sizes(self, fused: str) -> list[int]:
+    def _shard_sizes(self, fused: str, rows: int) -> list[int]:
+        """The rows of each shard of a fused weight of `rows` rows."""
         c = self.config
         if fused == "qkv_proj":
             kv = c.num_key_value_heads * c.head_dim
             return [c.num_attention_heads * c.head_dim, kv, kv]
-        return [c.intermediate_size, c.intermediate_size]
+        return [rows // 2, rows // 2]  # gate, up
 
     def load_weights(
         self,
@@ -183,7 +191,7 @@ class LlamaForCausalLM(nn.Module):
                 raise ModelLoadError(f"checkpoint has an unexpected tensor {name!r}")
             if isinstance(tensor, BlockQuantizedWeight):
                 _check_shape(name, tensor.shape, expected[name])
-                blocks.add(*_target(name), name, tensor)
+                blocks.add(*self._target(name), name, tensor)
             else:
                 self._load_one(params, name, tensor, device)
             loaded.add(name)
@@ -213,7 +221,19 @@ class LlamaForCausalLM(nn.Module):
 
     def _shard_count(self, target: str) -> int:
         fused = _fused_name(target)
-        return 1 if fused is None else len(self._shard_sizes(fused))
+        return 1 if fused is None else len(self._shard_sizes(fused, 0))
+
+    def _target(self, name: str) -> tuple[str, int]:
+        """The parameter a checkpoint tensor goes into, and which of its shards it is."""
+        return _target(name)
+
+    def _shard_view(self, target_name: str, shard: int, data: torch.Tensor) -> torch.Tensor:
+        """The part of parameter `target_name` (its data) that shard `shard` fills."""
+        fused = _fused_name(target_name)
+        if fused is None:
+            return data
+        sizes = self._shard_sizes(fused, data.shape[0])
+        return data.narrow(0, sum(sizes[:shard]), sizes[shard])
 
     def _load_one(
         self,
@@ -222,14 +242,10 @@ class LlamaForCausalLM(nn.Module):
         tensor: torch.Tensor,
         device: torch.device,
     ) -> None:
-        target_name, shard = _target(name)
+        target_name, shard = self._target(name)
         if params[target_name].is_meta:
             params[target_name] = self._allocate(target_name, params[target_name], device)
-        target = params[target_name].data
-        fused = _fused_name(target_name)
-        if fused is not None:
-            offset = sum(self._shard_sizes(fused)[:shard])
-            target = target.narrow(0, offset, tensor.shape[0])
+        target = self._shard_view(target_name, shard, params[target_name].data)
         _check_shape(name, tuple(tensor.shape), tuple(target.shape))
         target.copy_(tensor)
 

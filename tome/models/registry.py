@@ -4,12 +4,17 @@ from torch import nn
 
 from tome.models.config import ModelConfig
 from tome.models.llama import LlamaForCausalLM
+from tome.models.mixtral import MixtralForCausalLM
+from tome.models.qwen_moe import QwenMoeForCausalLM
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "MixtralForCausalLM": MixtralForCausalLM,
+    "Qwen2MoeForCausalLM": QwenMoeForCausalLM,
+    "Qwen3MoeForCausalLM": QwenMoeForCausalLM,
 }
 
 

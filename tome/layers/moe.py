@@ -1,0 +1,61 @@
+"""Mixture-of-Experts: the experts of one layer held together, computed as a batch.
+
+Each token picks `k` experts; the assignments are grouped by expert, so every active
+expert runs one matrix product over all its tokens (gate and up fused, then down), never a
+loop over tokens. Contributions are added in expert order, as transformers adds them, so
+a token's sum rounds as the reference's does."""
+
+import torch
+from torch import nn
+
+from tome.layers.activation import silu_and_mul
+
+
+def softmax_top_k(
+    logits: torch.Tensor, k: int, renormalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k likeliest experts per token and their softmax weights (float32, as
+    transformers' routers compute them), renormalised to sum to 1 when asked."""
+    probs = logits.float().softmax(dim=-1)
+    weights, ids = probs.topk(k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+class FusedExperts(nn.Module):
+    """num_experts SwiGLU experts: gate_up_proj [experts, 2 * intermediate, hidden] (gate
+    rows first) and down_proj [experts, hidden, intermediate]."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.intermediate_size = intermediate_size
+        self.gate_up_proj = nn.Parameter(
+            torch.empty(num_experts, 2 * intermediate_size, hidden_size), requires_grad=False
+        )
+        self.down_proj = nn.Parameter(
+            torch.empty(num_experts, hidden_size, intermediate_size), requires_grad=False
+        )
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x [tokens, hidden]; weights and ids [tokens, k]. Each token's weighted sum of its
+        experts' outputs, the products taken in the weights' dtype."""
+        k = ids.shape[1]
+        flat_ids = ids.flatten()
+        order = flat_ids.argsort(stable=True)  # assignments grouped by expert
+        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()
+        flat_weights = weights.flatten()
+        out = torch.zeros_like(x)
+        start = 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            assignments = order[start : start + count]
+            start += count
+            tokens = assignments // k
+            hidden = silu_and_mul(x[tokens] @ self.gate_up_proj[expert].T)
+            y = hidden @ self.down_proj[expert].T
+            y = y * flat_weights[assignments, None]
+            out.index_add_(0, tokens, y.to(out.dtype))
+        return out
