@@ -122,9 +122,9 @@ class MixedReport(TableReport):
     @property
     def title(self) -> str:
         c = self.config
-        where = c.base_url or "in-process engine"
         return (
-            f"{where}: mixed, {c.num_long_prompts} long prompts of {c.long_prompt_len} words "
-            f"(free tier), {c.num_prompts} questions of {c.prompt_len} words (pro and free) "
+            f"{c.target_name}: mixed, {c.num_long_prompts} long prompts of "
+            f"{c.long_prompt_len} words (free tier), {c.num_prompts} questions of "
+            f"{c.prompt_len} words (pro and free) "
             f"at {c.request_rate or 1.0}/s from {c.short_delay_s:g} s, output {c.output_len} tokens"
         )

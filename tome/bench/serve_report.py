@@ -94,9 +94,8 @@ class ServeBenchReport(TableReport):
     @property
     def title(self) -> str:
         c = self.config
-        where = c.base_url or "in-process engine"
         return (
-            f"{where}: {c.num_prompts} requests, prompt {c.prompt_len} words, output "
+            f"{c.target_name}: {c.num_prompts} requests, prompt {c.prompt_len} words, output "
             f"{c.output_len} tokens (jitter {c.len_jitter:g}), concurrency "
             f"{c.concurrency or 'unbounded'}, rate {c.request_rate or 'inf'}/s"
         )

@@ -45,6 +45,11 @@ class ServeBenchConfig:
             if not ok:
                 raise InvalidRequestError(message)
 
+    @property
+    def target_name(self) -> str:
+        """What is measured, as a report's title names it."""
+        return self.base_url or "in-process engine"
+
 
 @dataclass(frozen=True)
 class BenchRequest:
