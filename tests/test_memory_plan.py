@@ -43,6 +43,48 @@ def test_parameter_count_equals_transformers(kind):
     )
 
 
+@pytest.mark.parametrize(
+    "hf_config",
+    [
+        transformers.Qwen3MoeConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_experts=6,
+            moe_intermediate_size=32,
+            head_dim=16,
+        ),
+        transformers.Qwen2MoeConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_experts=4,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            mlp_only_layers=[1],
+        ),
+        transformers.MixtralConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=5,
+        ),
+    ],
+    ids=["qwen3_moe", "qwen2_moe", "mixtral"],
+)
+def test_a_moe_model_counts_every_expert(hf_config):
+    assert parameter_count(ModelConfig.from_hf(hf_config)) == transformers_parameter_count(
+        hf_config
+    )
+
+
 def test_plan_adds_weights_and_kv_per_dtype():
     hf_config = tiny_hf_config("llama")
     config = ModelConfig.from_hf(hf_config)

@@ -3,6 +3,7 @@
 `tome plan` prints it; nothing here loads weights. KV bytes per token are the pool's own
 (kv_bytes_per_token, scales of int8/fp8 included), so the plan and the engine agree."""
 
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from tome.errors import InvalidRequestError, ModelLoadError
 from tome.loader import load_hf_config, resolve_model
 from tome.loader.model_source import ModelSource
 from tome.models.config import ModelConfig
+from tome.models.registry import model_class
 
 # KV dtypes the plan compares, after the weights' own dtype.
 PLANNED_KV_DTYPES = ("bfloat16", "float16", "int8", "fp8")
@@ -42,20 +44,11 @@ class MemoryPlan:
 
 
 def parameter_count(config: ModelConfig) -> int:
-    """Parameters of the checkpoint: embedding, every layer, the final norm and the
-    lm_head unless it is tied to the embedding."""
-    hidden, head_dim = config.hidden_size, config.head_dim
-    q_size = config.num_attention_heads * head_dim
-    kv_size = config.num_key_value_heads * head_dim
-    attention = hidden * (q_size + 2 * kv_size) + q_size * hidden  # q, k, v, o
-    if config.attention_bias:
-        attention += q_size + 2 * kv_size
-    if config.qk_norm:
-        attention += 2 * head_dim
-    mlp = 3 * hidden * config.intermediate_size  # gate, up, down
-    layer = attention + mlp + 2 * hidden  # and its two RMSNorms
-    embeddings = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2)
-    return embeddings + config.num_hidden_layers * layer + hidden
+    """Parameters of the checkpoint, every expert of a MoE model included: the model
+    built on the meta device counts its own tensors (a tied head once)."""
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    return sum(math.prod(shape) for shape in model.checkpoint_shapes().values())
 
 
 def plan_memory(
