@@ -73,6 +73,18 @@ def test_unknown_architecture_name(tiny_llama, tmp_path):
     assert "FooForCausalLM" in str(exc_info.value)
 
 
+@pytest.mark.parametrize(
+    "architecture", ["DeepseekV3ForCausalLM", "KimiLinearForCausalLM", "GptOssForCausalLM"]
+)
+def test_families_not_yet_supported_are_named(tiny_llama, tmp_path, architecture):
+    path = copy_model(tiny_llama, tmp_path / "model")
+    edit_config(path, architectures=[architecture])
+    with pytest.raises(TomeError) as exc_info:
+        LLM(str(path))
+    assert_one_line(exc_info, UnsupportedArchitectureError)
+    assert architecture in str(exc_info.value)
+
+
 def test_unknown_model_type(tiny_llama, tmp_path):
     path = copy_model(tiny_llama, tmp_path / "model")
     edit_config(path, model_type="foo", architectures=["FooForCausalLM"])
