@@ -65,22 +65,25 @@ def word_level_tokenizer(vocab_size: int) -> transformers.PreTrainedTokenizerFas
     )
 
 
+# The sizes every tiny test model shares: the embedded model's vocabulary, GQA.
+TINY_FIELDS = dict(
+    vocab_size=49152,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
+
+
 def tiny_config(kind: str, **overrides) -> transformers.PretrainedConfig:
     """The transformers config of a tiny model of the given family, with GQA."""
     config_class, extra = TINY_CONFIGS[kind]
-    fields = dict(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    return config_class(**{**fields, **extra, **overrides})
+    return config_class(**{**TINY_FIELDS, **extra, **overrides})
 
 
 def make_tiny_model(kind: str, path: Path, tokenizer_dir: Path, **overrides) -> Path:

@@ -8,25 +8,14 @@ import pytest
 import torch
 import transformers
 
+from tests.conftest import TINY_FIELDS
 from tests.reference import load_reference
 from tests.test_engine_equality import assert_matches_reference, greedy_params, random_prompts
 from tome import LLM
 from tome.errors import ModelLoadError
 from tome.layers.moe import FusedExperts, softmax_top_k
 
-COMMON = dict(
-    vocab_size=49152,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    bos_token_id=1,
-    eos_token_id=2,
-    tie_word_embeddings=False,
-    num_experts_per_tok=2,
-)
+COMMON = {**TINY_FIELDS, "intermediate_size": 96, "num_hidden_layers": 3, "num_experts_per_tok": 2}
 MOE_MODELS = {
     "mixtral": (transformers.MixtralConfig, dict(num_local_experts=5)),
     "qwen2_moe_shared": (

@@ -16,9 +16,10 @@ from tome.bench.serve_report import TableReport, percentile
 from tome.bench.serve_targets import Trace
 from tome.bench.serve_workload import ServeBenchConfig
 from tome.eval.word_lists import ENGLISH_WORDS
+from tome.server.tiers import DEFAULT_TIERS
 
 # Tiers as tome serve builds them in: lower priority values are served first.
-TIER_PRIORITIES = {"pro": 0, "free": 10}
+TIER_PRIORITIES = {name: DEFAULT_TIERS[name].priority for name in ("pro", "free")}
 IDLE_QUESTIONS = 3
 
 

@@ -41,13 +41,13 @@ class EngineConfig:
     # How a step's budget is shared among prompts (scheduler.py). At most this many prompts
     # are mid-prefill at once; a request whose prompt fits the step, or that outranks one of
     # them, starts anyway.
-    max_num_partial_prefills: int = 4
+    max_num_partial_prefills: int = PrefillPolicy.max_num_partial_prefills
     # A prompt with more tokens left than this is long: within a priority, shorter ones are
     # served before it. None: 4% of the window (vLLM's default), at least 256.
     long_prefill_token_threshold: int | None = None
     # Every prompt being prefilled gets at least this share of a step's prefill budget,
     # whatever waits ahead of it: no priority starves.
-    prefill_min_share: float = 0.125
+    prefill_min_share: float = PrefillPolicy.prefill_min_share
     enable_prefix_caching: bool = True
     # Cached prefix blocks the device pool evicts go down to host memory (bytes; 0: none),
     # and from there to files under disk_kv_cache_dir (bounded by disk_kv_cache_memory
@@ -91,6 +91,11 @@ class EngineConfig:
                 "max_num_batched_tokens must be >= 16",
             ),
             (_is_int(self.max_num_seqs) and self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
+            (
+                self.max_num_batched_tokens is None
+                or self.max_num_batched_tokens >= self.max_num_seqs,
+                "max_num_batched_tokens must be >= max_num_seqs, or some decodes would wait",
+            ),
             *self._prefill_sharing_checks(),
             (self.load_format in ("auto", "dummy"), "load_format must be auto or dummy"),
             (
@@ -109,11 +114,6 @@ class EngineConfig:
         threshold = self.long_prefill_token_threshold
         share = self.prefill_min_share
         return [
-            (
-                self.max_num_batched_tokens is None
-                or self.max_num_batched_tokens >= self.max_num_seqs,
-                "max_num_batched_tokens must be >= max_num_seqs, or some decodes would wait",
-            ),
             (
                 _is_int(self.max_num_partial_prefills) and self.max_num_partial_prefills >= 1,
                 "max_num_partial_prefills must be >= 1",

@@ -135,10 +135,10 @@ class Scheduler:
         otherwise take what it waits for), not the running prefills."""
         admitting, waiting = True, set(self.waiting)  # not those this step preempts
         served: list[tuple[int, bool]] = []  # (priority, long) of the prompts given tokens
-        for seq in sorted(self._running_prefills() + self.waiting, key=self._prefill_order):
+        candidates = [(self._prefill_order(s), s) for s in self._running_prefills() + self.waiting]
+        for (priority, is_long, _), seq in sorted(candidates, key=lambda entry: entry[0]):
             if budget == 0:
                 break
-            priority, is_long, _ = self._prefill_order(seq)
             yields = is_long and any(
                 p < priority or (p == priority and not long) for p, long in served
             )

@@ -22,6 +22,13 @@ from tome.cli_options import (
     engine_config,
     parse_size,
 )
+from tome.engine.config import (
+    CPU_STEP_TOKENS,
+    GPU_STEP_TOKENS,
+    LONG_PREFILL_FRACTION,
+    MIN_LONG_PREFILL_TOKENS,
+    EngineConfig,
+)
 from tome.errors import TomeError
 
 console = Console()
@@ -75,21 +82,25 @@ def serve(
     max_num_seqs: Annotated[int, typer.Option(help="Most requests computed at once.")] = 64,
     max_num_batched_tokens: Annotated[
         int | None,
-        typer.Option(help="Tokens computed in one step (default: 8192 on a GPU, 1024 on a CPU)."),
+        typer.Option(
+            help=f"Tokens computed in one step (default: {GPU_STEP_TOKENS} on a GPU, "
+            f"{CPU_STEP_TOKENS} on a CPU)."
+        ),
     ] = None,
     max_num_partial_prefills: Annotated[
         int, typer.Option(help="Most prompts mid-prefill at once (short ones start anyway).")
-    ] = 4,
+    ] = EngineConfig.max_num_partial_prefills,
     long_prefill_token_threshold: Annotated[
         int | None,
         typer.Option(
             help="Prompts longer than this yield to shorter ones of their priority "
-            "(default: 4% of the window, at least 256)."
+            f"(default: {LONG_PREFILL_FRACTION:.0%} of the window, at least "
+            f"{MIN_LONG_PREFILL_TOKENS})."
         ),
     ] = None,
     prefill_min_share: Annotated[
         float, typer.Option(help="Least share of a step each prompt being prefilled gets.")
-    ] = 0.125,
+    ] = EngineConfig.prefill_min_share,
     search_url: Annotated[
         str | None, typer.Option(help="A SearXNG instance for the assistant's web search.")
     ] = None,
