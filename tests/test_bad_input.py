@@ -74,7 +74,7 @@ def test_unknown_architecture_name(tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "architecture", ["DeepseekV3ForCausalLM", "KimiLinearForCausalLM", "GptOssForCausalLM"]
+    "architecture", ["Glm4MoeForCausalLM", "KimiLinearForCausalLM", "GptOssForCausalLM"]
 )
 def test_families_not_yet_supported_are_named(tiny_llama, tmp_path, architecture):
     path = copy_model(tiny_llama, tmp_path / "model")

@@ -18,9 +18,11 @@ DEFAULT_GPU_SHARE = 0.90  # of free GPU memory after the weights
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
-    """K and V of every layer for one token, with the scales of a quantized dtype."""
-    per_head = config.head_dim * dtype.itemsize + scale_bytes_per_token_head(dtype)
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * per_head
+    """K and V (or a latent cache's one vector) of every layer for one token, with the
+    scales of a quantized dtype."""
+    per_head = config.cache_head_dim * dtype.itemsize + scale_bytes_per_token_head(dtype)
+    per_layer = config.cache_tensors_per_layer * config.cache_kv_heads * per_head
+    return config.num_hidden_layers * per_layer
 
 
 def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -90,10 +92,11 @@ class KVPool:
     ) -> None:
         """`dtype` is what K/V are stored as; a quantized one (int8, fp8) is read back as
         `read_dtype` (default float32)."""
-        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        shape = (num_blocks, block_size, config.cache_kv_heads, config.cache_head_dim)
         self.num_blocks = num_blocks
+        shared = config.cache_tensors_per_layer == 1
         self.layers = [
-            _layer_cache(shape, dtype, read_dtype or torch.float32, device)
+            _layer_cache(shape, dtype, read_dtype or torch.float32, device, shared)
             for _ in range(config.num_hidden_layers)
         ]
 
@@ -106,16 +109,20 @@ class KVPool:
 
 
 def _layer_cache(
-    shape: tuple[int, ...], dtype: torch.dtype, read_dtype: torch.dtype, device: torch.device
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    read_dtype: torch.dtype,
+    device: torch.device,
+    shared: bool = False,
 ) -> LayerKVCache:
-    k, v = _zeros(shape, dtype, device), _zeros(shape, dtype, device)
+    """K and V tensors, or one that is both when `shared` (a latent cache)."""
+    k = _zeros(shape, dtype, device)
+    v = k if shared else _zeros(shape, dtype, device)
     if not is_quantized(dtype):
         return LayerKVCache(k, v)
     # Scales lead with the block too, so blocks still move by copying rows.
-    k_scale, v_scale = (
-        _zeros(shape[:-1], SCALE_DTYPE, device),
-        _zeros(shape[:-1], SCALE_DTYPE, device),
-    )
+    k_scale = _zeros(shape[:-1], SCALE_DTYPE, device)
+    v_scale = k_scale if shared else _zeros(shape[:-1], SCALE_DTYPE, device)
     return LayerKVCache(k, v, k_scale, v_scale, read_dtype)
 
 

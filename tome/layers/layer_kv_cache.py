@@ -12,7 +12,10 @@ class LayerKVCache:
     disk) by copying row `block_id` of each tensor in `tensors()`.
 
     A quantized cache (int8, fp8) also holds one scale per token and head,
-    [num_blocks, block_size, kv_heads], and is read back as `read_dtype`."""
+    [num_blocks, block_size, kv_heads], and is read back as `read_dtype`.
+
+    A latent cache (DeepSeek's MLA) holds one tensor that serves as both K and V: `v` is
+    `k` (and `v_scale` is `k_scale`), so it is stored, moved and counted once."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -29,6 +32,12 @@ class LayerKVCache:
         """The dtype attention runs in over this cache."""
         return self.read_dtype if self.quantized else self.k.dtype
 
+    @property
+    def shares_kv(self) -> bool:
+        return self.v is self.k
+
     def tensors(self) -> list[torch.Tensor]:
+        if self.shares_kv:
+            return [self.k, self.k_scale] if self.quantized else [self.k]
         scales = [self.k_scale, self.v_scale] if self.quantized else []
         return [self.k, self.v, *scales]

@@ -30,14 +30,18 @@ def write_kv(
 ) -> None:
     """Store the new tokens' K/V ([tokens, kv_heads, head_dim]) in their cache slots,
     quantized with their scales when the cache is (K and V in one call: at decode the
-    quantization's dozen small ops cost more than their arithmetic)."""
+    quantization's dozen small ops cost more than their arithmetic). A latent cache's one
+    tensor is written once, from k."""
+    vectors = [k] if cache.shares_kv else [k, v]
     if cache.quantized:
-        values, scales = quantize_for_cache(torch.stack((k, v)), cache.k.dtype)
+        values, scales = quantize_for_cache(torch.stack(vectors), cache.k.dtype)
         _write_slots(cache.k, values[0], slot_mapping, cache.k_scale, scales[0])
-        _write_slots(cache.v, values[1], slot_mapping, cache.v_scale, scales[1])
+        if not cache.shares_kv:
+            _write_slots(cache.v, values[1], slot_mapping, cache.v_scale, scales[1])
     else:
         _write_slots(cache.k, k.to(cache.k.dtype), slot_mapping)
-        _write_slots(cache.v, v.to(cache.v.dtype), slot_mapping)
+        if not cache.shares_kv:
+            _write_slots(cache.v, v.to(cache.v.dtype), slot_mapping)
 
 
 def _write_slots(

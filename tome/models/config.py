@@ -14,6 +14,8 @@ SUPPORTED_ARCHITECTURES = (
     "MixtralForCausalLM",
     "Qwen2MoeForCausalLM",
     "Qwen3MoeForCausalLM",
+    "DeepseekV2ForCausalLM",
+    "DeepseekV3ForCausalLM",
 )
 # Families whose attention has q/k/v biases, and those with RMSNorm on q and k per head.
 QKV_BIAS_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
@@ -37,6 +39,9 @@ class ModelConfig:
     qk_norm: bool
     # Mistral-style sliding-window attention; None when the model attends to everything.
     sliding_window: int | None = None
+    # Latent attention (DeepSeek's MLA) caches one vector per token and layer, the
+    # compressed latent and the rotary key side by side, read as both K and V.
+    latent_cache_dim: int | None = None
     hf_config: Any = field(repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -46,6 +51,20 @@ class ModelConfig:
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
+
+    @property
+    def cache_kv_heads(self) -> int:
+        """KV heads per token and layer in the paged cache."""
+        return 1 if self.latent_cache_dim else self.num_key_value_heads
+
+    @property
+    def cache_head_dim(self) -> int:
+        return self.latent_cache_dim or self.head_dim
+
+    @property
+    def cache_tensors_per_layer(self) -> int:
+        """2 for K and V; 1 for a latent cache, whose one tensor serves as both."""
+        return 1 if self.latent_cache_dim else 2
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> "ModelConfig":
@@ -74,6 +93,7 @@ class ModelConfig:
             attention_bias=_attention_bias(architecture, hf_config),
             qk_norm=architecture in QK_NORM_ARCHITECTURES,
             sliding_window=_sliding_window(hf_config),
+            latent_cache_dim=_latent_cache_dim(hf_config),
             hf_config=hf_config,
         )
 
@@ -90,6 +110,11 @@ def _sliding_window(hf_config: Any) -> int | None:
     if getattr(hf_config, "use_sliding_window", True) is False:
         return None
     return getattr(hf_config, "sliding_window", None)
+
+
+def _latent_cache_dim(hf_config: Any) -> int | None:
+    rank = getattr(hf_config, "kv_lora_rank", None)
+    return rank + hf_config.qk_rope_head_dim if rank else None
 
 
 def _check_supported(architecture: str) -> None:
@@ -109,6 +134,9 @@ def _architecture_from_model_type(model_type: str) -> str:
         "mixtral": "MixtralForCausalLM",
         "qwen2_moe": "Qwen2MoeForCausalLM",
         "qwen3_moe": "Qwen3MoeForCausalLM",
+        "deepseek_v2": "DeepseekV2ForCausalLM",
+        "deepseek_v3": "DeepseekV3ForCausalLM",
+        "kimi_k2": "DeepseekV3ForCausalLM",
     }
     if model_type not in by_type:
         raise UnsupportedArchitectureError(f"model_type {model_type!r} is not supported")

@@ -22,7 +22,7 @@ from tome.models.config import ModelConfig
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -35,7 +35,6 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
-        self.rotary = rotary
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
 
     def forward(
@@ -59,20 +58,22 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig, intermediate_size: int | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, intermediate_size: int | None = None, bias: bool = False
+    ) -> None:
         super().__init__()
         intermediate_size = intermediate_size or config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, mlp: nn.Module) -> None:
+    def __init__(self, config: ModelConfig, attention: nn.Module, mlp: nn.Module) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, rotary)
+        self.self_attn = attention
         self.mlp = mlp
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -89,13 +90,20 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, make_mlp: Callable[[int], nn.Module]) -> None:
-        """make_mlp(layer index): the layer's feed-forward block (a family's MoE, say)."""
+    def __init__(
+        self,
+        config: ModelConfig,
+        make_attention: Callable[[], nn.Module],
+        make_mlp: Callable[[int], nn.Module],
+    ) -> None:
+        """make_attention(): a layer's attention (a family's latent attention, say);
+        make_mlp(layer index): the layer's feed-forward block (a family's MoE, say). All
+        layers share one rotary embedding: the model rotates once per batch."""
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(config.hf_config, config.head_dim)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, self.rotary, make_mlp(i))
+            LlamaDecoderLayer(config, make_attention(), make_mlp(i))
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -124,7 +132,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, self.make_mlp)
+        self.model = LlamaModel(config, self.make_attention, self.make_mlp)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -134,6 +142,10 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [tokens, hidden] for a flattened batch."""
         return self.model(input_ids, positions, meta)
+
+    def make_attention(self) -> nn.Module:
+        """A layer's attention; families with another kind override it."""
+        return LlamaAttention(self.config)
 
     def make_mlp(self, layer_index: int) -> nn.Module:
         """A layer's feed-forward block; families with experts override it."""

@@ -3,6 +3,7 @@
 from torch import nn
 
 from tome.models.config import ModelConfig
+from tome.models.deepseek import DeepseekForCausalLM
 from tome.models.llama import LlamaForCausalLM
 from tome.models.mixtral import MixtralForCausalLM
 from tome.models.qwen_moe import QwenMoeForCausalLM
@@ -15,6 +16,8 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "MixtralForCausalLM": MixtralForCausalLM,
     "Qwen2MoeForCausalLM": QwenMoeForCausalLM,
     "Qwen3MoeForCausalLM": QwenMoeForCausalLM,
+    "DeepseekV2ForCausalLM": DeepseekForCausalLM,
+    "DeepseekV3ForCausalLM": DeepseekForCausalLM,
 }
 
 
