@@ -175,3 +175,31 @@ def test_an_invalid_grouping_is_one_clear_error(tmp_path, hf_tokenizer_dir):
         LLM(str(path), kv_cache_memory=1 << 20)
     assert_one_line(exc_info, ModelLoadError)
     assert "n_group=3" in str(exc_info.value)
+
+
+def test_the_multi_token_prediction_layer_is_skipped_as_transformers_skips_it(
+    tmp_path, hf_tokenizer_dir
+):
+    from safetensors.torch import load_file, save_file
+
+    path = save_tiny_deepseek("v3", tmp_path / "model", hf_tokenizer_dir)
+    reference = load_reference(path)
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+        shard.unlink()
+    (path / "model.safetensors.index.json").unlink()
+    # DeepSeek-V3's checkpoints hold its MTP module as the layer after the last.
+    last = COMMON["num_hidden_layers"] - 1
+    mtp = {
+        name.replace(f"layers.{last}.", f"layers.{last + 1}."): t.clone()
+        for name, t in tensors.items()
+        if name.startswith(f"model.layers.{last}.")
+    }
+    save_file(
+        {**tensors, **mtp, "model.layers.3.eh_proj.weight": torch.zeros(8, 8)},
+        path / "model.safetensors",
+    )
+    llm = LLM(str(path), kv_cache_memory=1 << 20)
+    prompts = random_prompts([10], seed=6)
+    assert_matches_reference(reference, prompts, llm.generate(prompts, greedy_params()))

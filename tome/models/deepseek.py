@@ -8,7 +8,9 @@ when `norm_topk_prob` (layers/moe_routing.py). Both scale the routed weights by
 `routed_scaling_factor`. The router's weights and bias stay float32 in a bfloat16 model, as
 transformers keeps them, and it computes in float32."""
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,8 @@ from tome.layers.moe_routing import deepseek_v2_top_k, deepseek_v3_top_k
 from tome.models.config import ModelConfig
 from tome.models.llama import LlamaMLP
 from tome.models.sparse_moe import SparseMoeForCausalLM
+
+LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 class Float32Router(nn.Module):
@@ -97,12 +101,25 @@ class DeepseekForCausalLM(SparseMoeForCausalLM):
             return DeepseekMoE(self.config)
         return LlamaMLP(self.config, bias=_mlp_bias(hf))
 
+    def load_weights(self, weights: Iterable[tuple[str, Any]], device=None) -> None:
+        """DeepSeek-V3's checkpoints carry its multi-token-prediction module as layers
+        past num_hidden_layers; like transformers, the model skips them."""
+        layers = self.config.num_hidden_layers
+        super().load_weights(
+            ((name, t) for name, t in weights if _layer_index(name) < layers), device
+        )
+
     def _target(self, name: str) -> tuple[str, int]:
         # Latent attention's projections are loaded as they are named (its q_proj is not
         # part of a fused q/k/v).
         if ".self_attn." in name:
             return name, 0
         return super()._target(name)
+
+
+def _layer_index(name: str) -> int:
+    match = LAYER_NAME.match(name)
+    return int(match.group(1)) if match else -1
 
 
 def _mlp_bias(hf) -> bool:
