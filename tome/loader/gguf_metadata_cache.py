@@ -13,8 +13,13 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer
 
+from tome.loader.gguf_config import complete_from_metadata
+from tome.loader.gguf_weights import open_gguf
+
 CACHE_ENV = "TOME_CACHE_DIR"
 READY_MARKER = "complete"
+# Part of the cache key: a change in what a conversion holds invalidates older folders.
+CONVERSION_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -24,11 +29,13 @@ def cache_root() -> Path:
 def converted_metadata_dir(gguf_path: Path) -> Path:
     """A folder with config.json and tokenizer files equivalent to the GGUF's metadata."""
     stat = gguf_path.stat()
-    key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION_VERSION}"
+    key = key.encode()
     target = cache_root() / "gguf" / hashlib.blake2b(key, digest_size=12).hexdigest()
     if (target / READY_MARKER).is_file():
         return target
     config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    complete_from_metadata(config, open_gguf(gguf_path))
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so a concurrent or interrupted load never

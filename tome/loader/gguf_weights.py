@@ -33,11 +33,23 @@ BLOCK_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    # Mixture-of-Experts blocks: the router and Qwen2-MoE's shared expert and its gate.
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+}
+# A layer's experts as one 3-D tensor [experts, rows, columns] -> each expert's projection.
+EXPERT_TENSORS = {
+    "ffn_gate_exps": "gate_proj",
+    "ffn_up_exps": "up_proj",
+    "ffn_down_exps": "down_proj",
 }
 BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 # llama3-style rope scaling factors; our rotary layer derives them from the config.
 IGNORED_TENSORS = {"rope_freqs.weight"}
-SUPPORTED_ARCHITECTURES = {"llama", "qwen2", "qwen3"}
+SUPPORTED_ARCHITECTURES = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe"}
 # llama.cpp's converter reorders q/k rows only for these (see _undo_rotary_permute).
 PERMUTED_ARCHITECTURES = {"llama"}
 
@@ -49,7 +61,7 @@ def iter_gguf_weights(
     `keep_blocks`, tensors of REPACKED_TYPES come as BlockQuantizedWeight instead.
 
     The header is parsed before returning, so a corrupt file fails at once."""
-    reader = _open(path)
+    reader = open_gguf(path)
     architecture = _architecture(reader, path)
     permuted = architecture in PERMUTED_ARCHITECTURES
     return _read_tensors(reader, path, config, permuted, keep_blocks)
@@ -72,7 +84,7 @@ class _FastGGUFReader(GGUFReader):
         self._plain_view = mapped.view(np.ndarray)
 
 
-def _open(path: Path) -> GGUFReader:
+def open_gguf(path: Path) -> GGUFReader:
     try:
         return _FastGGUFReader(path)
     # A truncated or foreign file surfaces as whatever numpy hits first (ValueError,
@@ -100,6 +112,15 @@ def _read_tensors(
     for tensor in reader.tensors:
         if tensor.name in IGNORED_TENSORS:
             continue
+        expert_tensor = _expert_tensor(tensor.name)
+        if expert_tensor is not None:
+            # One float tensor per expert, as checkpoints name them (FusedExperts holds
+            # no quantized blocks).
+            layer, projection = expert_tensor
+            for expert, data in enumerate(tensor.data):
+                name = f"model.layers.{layer}.mlp.experts.{expert}.{projection}.weight"
+                yield name, torch.from_numpy(_dequantize(tensor, data, path))
+            continue
         name = _hf_name(tensor.name, path)
         # Rows are output features, quantized or not: the permutation moves whole rows.
         data = tensor.data
@@ -111,6 +132,14 @@ def _read_tensors(
             yield name, repack(data, tensor.tensor_type)
         else:
             yield name, torch.from_numpy(_dequantize(tensor, data, path))
+
+
+def _expert_tensor(gguf_name: str) -> tuple[str, str] | None:
+    """(layer, projection) of a 3-D tensor of a layer's experts, else None."""
+    match = BLOCK_TENSOR.fullmatch(gguf_name)
+    if match is None or match[2] not in EXPERT_TENSORS:
+        return None
+    return match[1], EXPERT_TENSORS[match[2]]
 
 
 def _hf_name(gguf_name: str, path: Path) -> str:
