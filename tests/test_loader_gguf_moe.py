@@ -1,7 +1,8 @@
 """MoE models as GGUF files written by llama.cpp's own converter (3-D ffn_*_exps expert
 tensors, ffn_gate_inp routers, Qwen2-MoE's *_shexp shared expert and its gate): loaded by
 our loader they give transformers' outputs on the HF folder they were converted from (F32),
-and quantized (Q8_0) the block kernel's outputs equal the dequantized weights'."""
+and quantized (Q8_0), experts and all kept in blocks, the block kernel's outputs equal the
+dequantized weights'."""
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from tests.reference import load_reference
 from tests.test_engine_equality import assert_matches_reference, greedy_params, random_prompts
 from tests.test_moe_models import COMMON, MOE_MODELS
 from tome import LLM
+from tome.engine import model_loading
+from tome.layers.block_quantized_experts import BlockQuantizedExperts
 from tome.layers.block_quantized_linear import BlockQuantizedLinear
 from tome.loader.gguf_metadata_cache import converted_metadata_dir
 
@@ -51,12 +54,15 @@ def test_a_float_gguf_equals_transformers_on_the_hf_folder(hf_and_gguf):
     )
 
 
-def test_quantized_blocks_equal_their_dequantized_weights(hf_and_gguf):
+def test_quantized_blocks_equal_their_dequantized_weights(hf_and_gguf, monkeypatch):
     _, files = hf_and_gguf
     prompts = random_prompts([6, 33], seed=8)
+    # Blocks even where the kernel is not the faster choice (a CPU without AVX-512).
+    monkeypatch.setattr(model_loading, "runs_fast", lambda: True)
     blocks = LLM(str(files["q8_0"]), kv_cache_memory=1 << 20)
-    attention = blocks.engine.runner.model.model.layers[0].self_attn
-    assert isinstance(attention.qkv_proj, BlockQuantizedLinear)
+    layer = blocks.engine.runner.model.model.layers[0]
+    assert isinstance(layer.self_attn.qkv_proj, BlockQuantizedLinear)
+    assert isinstance(layer.mlp.experts, BlockQuantizedExperts)
     floats = LLM(str(files["q8_0"]), kv_cache_memory=1 << 20, gguf_weights="dequantize")
     for ours, theirs in zip(
         blocks.generate(prompts, greedy_params()),

@@ -5,6 +5,8 @@ expert runs one matrix product over all its tokens (gate and up fused, then down
 loop over tokens. Contributions are added in expert order, as transformers adds them, so
 a token's sum rounds as the reference's does."""
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -40,21 +42,34 @@ class FusedExperts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [tokens, hidden]; weights and ids [tokens, k]. Each token's weighted sum of its
         experts' outputs, the products taken in the weights' dtype."""
-        k = ids.shape[1]
-        flat_ids = ids.flatten()
-        order = flat_ids.argsort(stable=True)  # assignments grouped by expert
-        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()
-        flat_weights = weights.flatten()
-        out = torch.zeros_like(x)
-        start = 0
-        for expert, count in enumerate(counts):
-            if count == 0:
-                continue
-            assignments = order[start : start + count]
-            start += count
-            tokens = assignments // k
-            hidden = silu_and_mul(x[tokens] @ self.gate_up_proj[expert].T)
-            y = hidden @ self.down_proj[expert].T
-            y = y * flat_weights[assignments, None]
-            out.index_add_(0, tokens, y.to(out.dtype))
-        return out
+        return sum_over_experts(x, weights, ids, self.num_experts, self._expert)
+
+    def _expert(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        return silu_and_mul(x @ self.gate_up_proj[expert].T) @ self.down_proj[expert].T
+
+
+def sum_over_experts(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    num_experts: int,
+    expert_forward: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Each token's sum of expert_forward(expert, its rows) weighted, the assignments
+    grouped by expert so that each active expert runs once over all its tokens."""
+    k = ids.shape[1]
+    flat_ids = ids.flatten()
+    order = flat_ids.argsort(stable=True)  # assignments grouped by expert
+    counts = torch.bincount(flat_ids, minlength=num_experts).tolist()
+    flat_weights = weights.flatten()
+    out = torch.zeros_like(x)
+    start = 0
+    for expert, count in enumerate(counts):
+        if count == 0:
+            continue
+        assignments = order[start : start + count]
+        start += count
+        tokens = assignments // k
+        y = expert_forward(expert, x[tokens]) * flat_weights[assignments, None]
+        out.index_add_(0, tokens, y.to(out.dtype))
+    return out

@@ -114,12 +114,11 @@ def _read_tensors(
             continue
         expert_tensor = _expert_tensor(tensor.name)
         if expert_tensor is not None:
-            # One float tensor per expert, as checkpoints name them (FusedExperts holds
-            # no quantized blocks).
+            # One tensor per expert, as checkpoints name them.
             layer, projection = expert_tensor
             for expert, data in enumerate(tensor.data):
                 name = f"model.layers.{layer}.mlp.experts.{expert}.{projection}.weight"
-                yield name, torch.from_numpy(_dequantize(tensor, data, path))
+                yield name, _weight(tensor, data, path, keep_blocks)
             continue
         name = _hf_name(tensor.name, path)
         # Rows are output features, quantized or not: the permutation moves whole rows.
@@ -128,10 +127,16 @@ def _read_tensors(
             data = _undo_rotary_permute(data, config.num_attention_heads)
         elif permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
             data = _undo_rotary_permute(data, config.num_key_value_heads)
-        if keep_blocks and tensor.tensor_type in REPACKED_TYPES:
-            yield name, repack(data, tensor.tensor_type)
-        else:
-            yield name, torch.from_numpy(_dequantize(tensor, data, path))
+        yield name, _weight(tensor, data, path, keep_blocks)
+
+
+def _weight(
+    tensor: ReaderTensor, data: np.ndarray, path: Path, keep_blocks: bool
+) -> torch.Tensor | BlockQuantizedWeight:
+    """`data` (all or part of `tensor`) in blocks where kept, else as float32."""
+    if keep_blocks and tensor.tensor_type in REPACKED_TYPES:
+        return repack(data, tensor.tensor_type)
+    return torch.from_numpy(_dequantize(tensor, data, path))
 
 
 def _expert_tensor(gguf_name: str) -> tuple[str, str] | None:

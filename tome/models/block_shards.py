@@ -15,7 +15,9 @@ from tome.kernels.block_quantized_matmul import (
     dequantize_transposed,
     pack,
 )
+from tome.layers.block_quantized_experts import BlockQuantizedExperts
 from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
+from tome.layers.moe import FusedExperts
 
 
 class BlockShards:
@@ -32,8 +34,10 @@ class BlockShards:
         shard_count: Callable[[str], int],
         copy_float: Callable[[str, torch.Tensor], None],
     ) -> None:
-        """Swap each fully block-quantized Linear or Embedding for its block-quantized
-        twin; hand the rest, expanded, to `copy_float(checkpoint name, tensor)`."""
+        """Swap each fully block-quantized Linear, Embedding or layer of experts for its
+        block-quantized twin; hand the rest, expanded, to `copy_float(checkpoint name,
+        tensor)`."""
+        self._install_experts(model, shard_count, copy_float)
         for target, shards in self._pending.items():
             module_name = target.removesuffix(".weight")
             module = model.get_submodule(module_name)
@@ -47,3 +51,36 @@ class BlockShards:
             else:
                 for name, weight in shards.values():
                     copy_float(name, dequantize_transposed(pack(weight)).t())
+
+    def _install_experts(
+        self,
+        model: nn.Module,
+        shard_count: Callable[[str], int],
+        copy_float: Callable[[str, torch.Tensor], None],
+    ) -> None:
+        """Layers of experts, whose gate_up_proj (shards 2e, 2e + 1: expert e's gate and
+        up) and down_proj (shard e) must both have come whole in blocks of one layout."""
+        owners = {t.rsplit(".", 1)[0] for t in self._pending}
+        for owner in owners:
+            if not isinstance(model.get_submodule(owner), FusedExperts):
+                continue
+            gate_up = self._pending.pop(f"{owner}.gate_up_proj", {})
+            down = self._pending.pop(f"{owner}.down_proj", {})
+            parts = [weight for _, weight in (*gate_up.values(), *down.values())]
+            whole = (
+                len(gate_up) == shard_count(f"{owner}.gate_up_proj")
+                and len(down) == shard_count(f"{owner}.down_proj")
+                and len({p.bits for p in parts}) == 1
+            )
+            if not whole:
+                for name, weight in (*gate_up.values(), *down.values()):
+                    copy_float(name, dequantize_transposed(pack(weight)).t())
+                continue
+            experts = range(len(down))
+            fused = [concatenate_rows([gate_up[2 * e][1], gate_up[2 * e + 1][1]]) for e in experts]
+            model.set_submodule(
+                owner,
+                BlockQuantizedExperts(
+                    [pack(w) for w in fused], [pack(down[e][1]) for e in experts]
+                ),
+            )

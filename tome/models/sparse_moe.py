@@ -7,7 +7,6 @@ import re
 
 import torch
 
-from tome.errors import ModelLoadError
 from tome.models.llama import LlamaForCausalLM
 
 # An expert's tensor in a checkpoint: (layer prefix, expert index, projection).
@@ -61,11 +60,10 @@ class SparseMoeForCausalLM(LlamaForCausalLM):
         return super()._shard_view(target_name, shard, data)
 
     def _shard_count(self, target: str) -> int:
-        if ".experts." in target:
-            raise ModelLoadError(
-                f"{target}: experts in quantized GGUF blocks are not supported yet; "
-                "use an HF checkpoint or a float GGUF"
-            )
+        if target.endswith(".experts.gate_up_proj"):
+            return 2 * self.get_parameter(target).shape[0]
+        if target.endswith(".experts.down_proj"):
+            return self.get_parameter(target).shape[0]
         return super()._shard_count(target)
 
     def _to_checkpoint(self, name: str) -> str:
