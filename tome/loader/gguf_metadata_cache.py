@@ -11,15 +11,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer
-
-from tome.loader.gguf_config import complete_from_metadata
+from tome.loader.gguf_config import gguf_config, gguf_tokenizer
 from tome.loader.gguf_weights import open_gguf
 
 CACHE_ENV = "TOME_CACHE_DIR"
 READY_MARKER = "complete"
 # Part of the cache key: a change in what a conversion holds invalidates older folders.
-CONVERSION_VERSION = 2
+CONVERSION_VERSION = 3
 
 
 def cache_root() -> Path:
@@ -34,9 +32,9 @@ def converted_metadata_dir(gguf_path: Path) -> Path:
     target = cache_root() / "gguf" / hashlib.blake2b(key, digest_size=12).hexdigest()
     if (target / READY_MARKER).is_file():
         return target
-    config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    complete_from_metadata(config, open_gguf(gguf_path))
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    reader = open_gguf(gguf_path)
+    config = gguf_config(gguf_path, reader)
+    tokenizer = gguf_tokenizer(gguf_path, reader)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so a concurrent or interrupted load never
     # sees half a folder.

@@ -40,6 +40,21 @@ BLOCK_NAMES = {
     "ffn_up_shexp": "mlp.shared_expert.up_proj",
     "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
+# deepseek2 (DeepSeek-V2/V3): latent attention, shared experts under their own name, and
+# the router's selection bias.
+DEEPSEEK_NAMES = {
+    "attn_q_a": "self_attn.q_a_proj",
+    "attn_q_a_norm": "self_attn.q_a_layernorm",
+    "attn_q_b": "self_attn.q_b_proj",
+    "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa",
+    "attn_kv_a_norm": "self_attn.kv_a_layernorm",
+    "attn_kv_b": "self_attn.kv_b_proj",
+    "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
+    "ffn_up_shexp": "mlp.shared_experts.up_proj",
+    "ffn_down_shexp": "mlp.shared_experts.down_proj",
+}
+# Tensors whose whole HF name is given (no .weight/.bias of a module).
+WHOLE_NAMES = {"exp_probs_b": "mlp.gate.e_score_correction_bias"}
 # A layer's experts as one 3-D tensor [experts, rows, columns] -> each expert's projection.
 EXPERT_TENSORS = {
     "ffn_gate_exps": "gate_proj",
@@ -49,7 +64,7 @@ EXPERT_TENSORS = {
 BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 # llama3-style rope scaling factors; our rotary layer derives them from the config.
 IGNORED_TENSORS = {"rope_freqs.weight"}
-SUPPORTED_ARCHITECTURES = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe"}
+SUPPORTED_ARCHITECTURES = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "deepseek2"}
 # llama.cpp's converter reorders q/k rows only for these (see _undo_rotary_permute).
 PERMUTED_ARCHITECTURES = {"llama"}
 
@@ -63,8 +78,9 @@ def iter_gguf_weights(
     The header is parsed before returning, so a corrupt file fails at once."""
     reader = open_gguf(path)
     architecture = _architecture(reader, path)
+    names = {**BLOCK_NAMES, **(DEEPSEEK_NAMES if architecture == "deepseek2" else {})}
     permuted = architecture in PERMUTED_ARCHITECTURES
-    return _read_tensors(reader, path, config, permuted, keep_blocks)
+    return _read_tensors(reader, path, config, names, permuted, keep_blocks)
 
 
 class _FastGGUFReader(GGUFReader):
@@ -107,10 +123,23 @@ def _architecture(reader: GGUFReader, path: Path) -> str:
 
 
 def _read_tensors(
-    reader: GGUFReader, path: Path, config: ModelConfig, permuted: bool, keep_blocks: bool
+    reader: GGUFReader,
+    path: Path,
+    config: ModelConfig,
+    names: dict[str, str],
+    permuted: bool,
+    keep_blocks: bool,
 ) -> Iterator[tuple[str, torch.Tensor | BlockQuantizedWeight]]:
+    halves: dict[tuple[str, str], np.ndarray] = {}  # (layer, "k" or "v") -> attn_k_b/v_b
     for tensor in reader.tensors:
         if tensor.name in IGNORED_TENSORS:
+            continue
+        latent_half = _latent_half(tensor.name)
+        if latent_half is not None:
+            halves[latent_half] = _dequantize(tensor, tensor.data, path)
+            joined = _joined_latent_expansion(halves, latent_half[0])
+            if joined is not None:
+                yield joined
             continue
         expert_tensor = _expert_tensor(tensor.name)
         if expert_tensor is not None:
@@ -120,7 +149,7 @@ def _read_tensors(
                 name = f"model.layers.{layer}.mlp.experts.{expert}.{projection}.weight"
                 yield name, _weight(tensor, data, path, keep_blocks)
             continue
-        name = _hf_name(tensor.name, path)
+        name = _hf_name(tensor.name, path, names)
         # Rows are output features, quantized or not: the permutation moves whole rows.
         data = tensor.data
         if permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -147,14 +176,38 @@ def _expert_tensor(gguf_name: str) -> tuple[str, str] | None:
     return match[1], EXPERT_TENSORS[match[2]]
 
 
-def _hf_name(gguf_name: str, path: Path) -> str:
+def _hf_name(gguf_name: str, path: Path, names: dict[str, str]) -> str:
     if gguf_name in TOP_LEVEL_NAMES:
         return TOP_LEVEL_NAMES[gguf_name]
     match = BLOCK_TENSOR.fullmatch(gguf_name)
-    if match is None or match[2] not in BLOCK_NAMES:
+    if match is None or (match[2] not in names and match[2] not in WHOLE_NAMES):
         raise ModelLoadError(f"{path.name}: unexpected tensor {gguf_name!r} for this architecture")
     layer, part, kind = match.groups()
-    return f"model.layers.{layer}.{BLOCK_NAMES[part]}.{kind}"
+    if part in WHOLE_NAMES:
+        return f"model.layers.{layer}.{WHOLE_NAMES[part]}"
+    return f"model.layers.{layer}.{names[part]}.{kind}"
+
+
+def _latent_half(gguf_name: str) -> tuple[str, str] | None:
+    """(layer, "k" or "v") for deepseek2's attn_k_b / attn_v_b, else None."""
+    match = BLOCK_TENSOR.fullmatch(gguf_name)
+    if match is None or match[2] not in ("attn_k_b", "attn_v_b"):
+        return None
+    return match[1], match[2][5]
+
+
+def _joined_latent_expansion(
+    halves: dict[tuple[str, str], np.ndarray], layer: str
+) -> tuple[str, torch.Tensor] | None:
+    """kv_b_proj once both of a layer's halves have come. llama.cpp's converter splits it
+    per head into W_UK, stored transposed as [heads, latent, nope], and W_UV [heads, v,
+    latent]; HF's kv_b_proj holds each head's nope rows then its v rows."""
+    if (layer, "k") not in halves or (layer, "v") not in halves:
+        return None
+    k_rows = halves.pop((layer, "k")).transpose(0, 2, 1)
+    joined = np.concatenate([k_rows, halves.pop((layer, "v"))], axis=1)
+    weight = torch.from_numpy(np.ascontiguousarray(joined.reshape(-1, joined.shape[-1])))
+    return f"model.layers.{layer}.self_attn.kv_b_proj.weight", weight
 
 
 def _dequantize(tensor: ReaderTensor, data: np.ndarray, path: Path) -> np.ndarray:

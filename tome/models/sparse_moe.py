@@ -4,6 +4,8 @@ experts come one tensor each, under Hub names (`...mlp.experts.3.gate_proj.weigh
 into a layer's FusedExperts as they arrive."""
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -65,6 +67,13 @@ class SparseMoeForCausalLM(LlamaForCausalLM):
         if target.endswith(".experts.down_proj"):
             return self.get_parameter(target).shape[0]
         return super()._shard_count(target)
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]], device=None) -> None:
+        """Tensors named as the checkpoint names them or as we do (a GGUF file's, read
+        under our names) alike."""
+        super().load_weights(
+            ((self._to_checkpoint(self._from_checkpoint(name)), t) for name, t in weights), device
+        )
 
     def _to_checkpoint(self, name: str) -> str:
         for ours, theirs in self.CHECKPOINT_RENAMES:
