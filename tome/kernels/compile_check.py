@@ -16,6 +16,7 @@ from tome.kernels import (
     paged_decode_attention,
     paged_prefill_attention,
     sparse_prefill_attention,
+    triton_experts,
     triton_layer_ops,
 )
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
@@ -146,6 +147,23 @@ def layer_op_kernels(capability: int) -> None:
         )
 
 
+def expert_kernel(capability: int) -> None:
+    """The grouped expert product in bf16 (on tensor cores) and float32."""
+    for dtype in (torch.bfloat16, torch.float32):
+        floats = FLOAT_POINTERS[dtype]
+        pointers = dict(
+            x_ptr=floats, source_ptr="*i64", block_expert_ptr="*i64", w_ptr=floats, out_ptr=floats
+        )
+        constants = dict(
+            DOT=dot_dtype(dtype),
+            PRECISION=dot_precision(dtype),
+            BLOCK_M=triton_experts.BLOCK_M,
+            BLOCK_N=64,
+            BLOCK_K=32,
+        )
+        compile_kernel(triton_experts._grouped_matmul_kernel, pointers, constants, capability)
+
+
 def main(capability: int) -> None:
     """Float8 e4m3 caches only where Triton has the type (8.9 on), as the backend chooses."""
     store_kernel("*i8", integer=True, capability=capability)
@@ -158,6 +176,7 @@ def main(capability: int) -> None:
     sparse_prefill_kernel("*bf16", torch.bfloat16, quantized=False, capability=capability)
     sparse_prefill_kernel("*i8", torch.bfloat16, quantized=True, capability=capability)
     layer_op_kernels(capability)
+    expert_kernel(capability)
 
 
 if __name__ == "__main__":

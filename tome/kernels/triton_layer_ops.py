@@ -16,7 +16,7 @@ from tome.kernels.token_rows import with_contiguous_heads
 
 
 @triton.jit
-def _rounded(x, dtype: tl.constexpr):
+def rounded(x, dtype: tl.constexpr):
     """x (float32) in `dtype`, to nearest, ties to even. For bfloat16 the rounding is done on
     the bits first: Triton's interpreter truncates in that cast where GPUs round, and a
     value already on the bfloat16 grid casts exactly either way."""
@@ -46,13 +46,13 @@ def _rms_norm_kernel(
     if ADD:
         # The sum in the tensor's dtype, as torch's `x + residual` leaves it.
         x = x.to(tl.float32) + tl.load(residual_ptr + row * dim + cols, mask=mask).to(tl.float32)
-        x = _rounded(x, residual_ptr.dtype.element_ty)
+        x = rounded(x, residual_ptr.dtype.element_ty)
         tl.store(residual_ptr + row * dim + cols, x, mask=mask)
     x32 = x.to(tl.float32)
     inverse = 1.0 / tl.sqrt(tl.sum(x32 * x32, axis=0) / dim + eps)
-    normed = _rounded(x32 * inverse, x_ptr.dtype.element_ty).to(tl.float32)
+    normed = rounded(x32 * inverse, x_ptr.dtype.element_ty).to(tl.float32)
     weight = tl.load(weight_ptr + cols, mask=mask).to(tl.float32)
-    out = _rounded(weight * normed, out_ptr.dtype.element_ty)
+    out = rounded(weight * normed, out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * dim + cols, out, mask=mask)
 
 
@@ -82,14 +82,14 @@ def _rotary_kernel(
     sin_first = tl.load(sin_ptr + trig, mask=col < half).to(tl.float32)
     sin_second = tl.load(sin_ptr + trig + half, mask=col < half).to(tl.float32)
     # Each product rounded to the dtype before the sum, as torch's three ops round.
-    new_first = _rounded(first * cos_first, dtype).to(tl.float32) + _rounded(
+    new_first = rounded(first * cos_first, dtype).to(tl.float32) + rounded(
         -second * sin_first, dtype
     ).to(tl.float32)
-    new_second = _rounded(second * cos_second, dtype).to(tl.float32) + _rounded(
+    new_second = rounded(second * cos_second, dtype).to(tl.float32) + rounded(
         first * sin_second, dtype
     ).to(tl.float32)
-    tl.store(first_ptr, _rounded(new_first, dtype), mask=mask)
-    tl.store(first_ptr + half, _rounded(new_second, dtype), mask=mask)
+    tl.store(first_ptr, rounded(new_first, dtype), mask=mask)
+    tl.store(first_ptr + half, rounded(new_second, dtype), mask=mask)
 
 
 @triton.jit
@@ -105,8 +105,8 @@ def _silu_and_mul_kernel(
     gate = tl.load(gate_up_ptr + row * 2 * width + cols, mask=mask).to(tl.float32)
     up = tl.load(gate_up_ptr + row * 2 * width + width + cols, mask=mask).to(tl.float32)
     dtype = out_ptr.dtype.element_ty
-    silu = _rounded(gate / (1.0 + tl.exp(-gate)), dtype).to(tl.float32)
-    tl.store(out_ptr + row * width + cols, _rounded(silu * up, dtype), mask=mask)
+    silu = rounded(gate / (1.0 + tl.exp(-gate)), dtype).to(tl.float32)
+    tl.store(out_ptr + row * width + cols, rounded(silu * up, dtype), mask=mask)
 
 
 def rms_norm(

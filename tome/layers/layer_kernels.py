@@ -20,17 +20,27 @@ LAYER_OPS_CHOICES = ("auto", "triton", "torch")
 
 def layer_kernels(x: torch.Tensor) -> ModuleType | None:
     """The module whose rms_norm, rotate_in_place and silu_and_mul serve x, or None."""
-    choice = os.environ.get(LAYER_OPS_ENV, "auto")
-    if choice not in LAYER_OPS_CHOICES:
-        raise InvalidRequestError(f"{LAYER_OPS_ENV} must be one of {', '.join(LAYER_OPS_CHOICES)}")
-    if choice == "triton" or (choice == "auto" and x.is_cuda and _has_triton()):
+    if uses_triton(x):
         # Imported only when chosen: Triton is an optional dependency.
         from tome.kernels import triton_layer_ops
 
         return triton_layer_ops
-    if choice == "auto" and cpu_layer_ops.runs_on(x):
+    if _choice() == "auto" and cpu_layer_ops.runs_on(x):
         return cpu_layer_ops
     return None
+
+
+def uses_triton(x: torch.Tensor) -> bool:
+    """Whether x's layer ops (and a MoE layer's experts) run as Triton kernels."""
+    choice = _choice()
+    return choice == "triton" or (choice == "auto" and x.is_cuda and _has_triton())
+
+
+def _choice() -> str:
+    choice = os.environ.get(LAYER_OPS_ENV, "auto")
+    if choice not in LAYER_OPS_CHOICES:
+        raise InvalidRequestError(f"{LAYER_OPS_ENV} must be one of {', '.join(LAYER_OPS_CHOICES)}")
+    return choice
 
 
 @cache

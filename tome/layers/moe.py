@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tome.layers.activation import silu_and_mul
+from tome.layers.layer_kernels import uses_triton
 
 
 def softmax_top_k(
@@ -41,7 +42,13 @@ class FusedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [tokens, hidden]; weights and ids [tokens, k]. Each token's weighted sum of its
-        experts' outputs, the products taken in the weights' dtype."""
+        experts' outputs, the products taken in the weights' dtype. Where Triton runs the
+        layer ops (the GPU), two grouped matrix products over all experts instead."""
+        if uses_triton(x):
+            # Imported only when chosen: Triton is an optional dependency.
+            from tome.kernels.triton_experts import triton_experts
+
+            return triton_experts(x, weights, ids, self.gate_up_proj, self.down_proj)
         return sum_over_experts(x, weights, ids, self.num_experts, self._expert)
 
     def _expert(self, expert: int, x: torch.Tensor) -> torch.Tensor:
