@@ -19,7 +19,11 @@ from tome.kernels.block_quantized_matmul import (
     kernel_library,
     pack,
 )
-from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
+from tome.layers.block_quantized_linear import (
+    BlockQuantizedEmbedding,
+    BlockQuantizedLinear,
+    StackedBlockQuantizedLinear,
+)
 from tome.loader import ModelSource, iter_weights
 from tome.loader.gguf_blocks import repack
 from tome.models.config import ModelConfig
@@ -103,13 +107,16 @@ def _float_weights(path, config: ModelConfig) -> dict[str, torch.Tensor]:
 def _weight_of(module: nn.Module) -> torch.Tensor:
     if isinstance(module, BlockQuantizedLinear | BlockQuantizedEmbedding):
         return dequantize_transposed(module.weight).t()
+    if isinstance(module, StackedBlockQuantizedLinear):
+        return torch.cat([dequantize_transposed(part).t() for part in module.parts])
     return module.weight.detach()
 
 
-def test_llama_layers_in_one_layout_keep_their_blocks(tmp_path):
-    """q and v in Q4_0 but k in Q8_0: the fused q/k/v projection is expanded to float; every
-    other layer keeps its blocks, the tied head shares the embedding's. Each layer's weight,
-    rotary rows of q/k put back in HF order, equals the float loader's."""
+def test_llama_layers_keep_their_blocks(tmp_path):
+    """q and v in Q4_0 but k in Q8_0: the fused q/k/v projection keeps each run of one
+    layout in its blocks, side by side; every other layer keeps its blocks, the tied head
+    shares the embedding's. Each layer's weight, rotary rows of q/k put back in HF order,
+    equals the float loader's, and only the norms take float memory."""
     hf_model = tiny_model("llama", tied=True, attention_bias=False)
     qtypes = {"attn_k": "Q8_0", "token_embd": "Q8_0", "attn_output": "Q4_1", "ffn_down": "Q4_1"}
     path = write_gguf(
@@ -121,15 +128,16 @@ def test_llama_layers_in_one_layout_keep_their_blocks(tmp_path):
     config = ModelConfig.from_hf(hf_model.config)
     model, floats = _load(path, config), _float_weights(path, config)
     layer = model.model.layers[1]
-    assert type(layer.self_attn.qkv_proj) is nn.Linear
+    assert isinstance(layer.self_attn.qkv_proj, StackedBlockQuantizedLinear)
+    assert [part.bits for part in layer.self_attn.qkv_proj.parts] == [4, 8, 4]
+    x = torch.randn(3, config.hidden_size)
+    qkv = layer.self_attn.qkv_proj
+    torch.testing.assert_close(qkv(x), x @ _weight_of(qkv).t(), rtol=1e-5, atol=1e-5)
     for module in (layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
         assert isinstance(module, BlockQuantizedLinear)
     assert isinstance(model.model.embed_tokens, BlockQuantizedEmbedding)
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    # Only the norms and the expanded q/k/v projection took float memory.
-    in_float = [
-        n for n in floats if "norm" in n or n.split(".")[-2] in ("q_proj", "k_proj", "v_proj")
-    ]
+    in_float = [n for n in floats if "norm" in n]
     assert sum(t.numel() for t in model.parameters()) == sum(floats[n].numel() for n in in_float)
     prefix = "model.layers.1."
     parts = {
@@ -168,3 +176,21 @@ def test_qwen2_projection_in_blocks_adds_its_bias(tmp_path):
     torch.testing.assert_close(qkv(x), x @ weight.t() + bias, rtol=1e-5, atol=1e-5)
     ids = torch.tensor([[0, 5], [127, 5]])
     assert torch.equal(model.model.embed_tokens(ids), floats["model.embed_tokens.weight"][ids])
+
+
+@pytest.mark.usefixtures("each_cpu_isa")
+def test_q6_k_is_kept_as_8_bit_blocks_within_half_a_step():
+    # gguf cannot quantize to Q6_K: random bytes with a small super-block scale stand in
+    # (its 6-bit codes and int8 sub-block scales are valid whatever their bits).
+    rng = np.random.default_rng(6)
+    blocks = rng.integers(0, 256, (12 * 512 // 256, 210), dtype=np.uint8)
+    blocks[:, 208:] = (rng.random((blocks.shape[0], 1)) * 0.01).astype(np.float16).view(np.uint8)
+    raw = blocks.reshape(12, -1)
+    exact = torch.from_numpy(gguf.quants.dequantize(raw, QUANTS.Q6_K))
+    weight = repack(raw, QUANTS.Q6_K)
+    assert weight.bits == 8 and weight.shape == (12, 512)
+    ours = dequantize_transposed(pack(weight)).t()
+    half_step = exact.view(12, -1, 32).abs().amax(-1, keepdim=True) / 254
+    # Exact ties (Q6_K values are rational multiples of each other) land on half a step.
+    assert ((ours - exact).view(12, -1, 32).abs() <= half_step * (1 + 1e-5)).all()
+    assert not torch.equal(ours, exact)  # re-quantized, not Q6_K's own codes

@@ -23,6 +23,21 @@ class BlockQuantizedLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
+class StackedBlockQuantizedLinear(nn.Module):
+    """A fused projection whose parts came in different block layouts (Q4_K_M files keep
+    some v projections in Q6_K beside q and k in Q4_K): each part multiplied by its own
+    blocks, the outputs side by side."""
+
+    def __init__(self, parts: list[PackedWeight], bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.parts = parts
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([block_quantized_matmul(x, part) for part in self.parts], dim=-1)
+        return out if self.bias is None else out + self.bias
+
+
 class BlockQuantizedEmbedding(nn.Module):
     def __init__(self, weight: PackedWeight) -> None:
         super().__init__()

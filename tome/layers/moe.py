@@ -65,6 +65,8 @@ def sum_over_experts(
     """Each token's sum of expert_forward(expert, its rows) weighted, the assignments
     grouped by expert so that each active expert runs once over all its tokens."""
     k = ids.shape[1]
+    if x.shape[0] == 1:
+        return _one_token_over_experts(x, weights, ids, expert_forward)
     flat_ids = ids.flatten()
     order = flat_ids.argsort(stable=True)  # assignments grouped by expert
     counts = torch.bincount(flat_ids, minlength=num_experts).tolist()
@@ -79,4 +81,18 @@ def sum_over_experts(
         tokens = assignments // k
         y = expert_forward(expert, x[tokens]) * flat_weights[assignments, None]
         out.index_add_(0, tokens, y.to(out.dtype))
+    return out
+
+
+def _one_token_over_experts(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    expert_forward: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """sum_over_experts for one token (a decode step of one sequence), without sorting
+    and counting over every expert: its k experts in expert order, as the sum rounds."""
+    out = torch.zeros_like(x)
+    for expert, slot in sorted(zip(ids[0].tolist(), range(ids.shape[1]), strict=True)):
+        out += (expert_forward(expert, x) * weights[0, slot]).to(out.dtype)
     return out

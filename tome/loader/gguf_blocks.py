@@ -5,24 +5,34 @@ float scale.
 Q4_0, Q4_1 and Q8_0 store blocks of 32 already; Q4_K stores super-blocks of 256 whose
 eight sub-blocks of 32 have 6-bit scales and minimums under two float16 factors, and those
 products are exact in float32. Every weight the kernel then computes, scale * q + offset,
-equals the gguf package's own dequantization bit for bit. Other types (Q5, Q6_K, ...) are
-not repacked: the loader expands them to float as before."""
+equals the gguf package's own dequantization bit for bit.
+
+Q6_K (the head and half the down projections of a Q4_K_M file) has sub-blocks of 16 under
+their own scales, which one scale per 32 cannot hold exactly: its weights are re-quantized
+to 8-bit blocks of 32 (scale = the block's max abs / 127, float32). That moves a weight by
+at most half an 8-bit step, about a quarter of Q6_K's own step, and keeps the tensor in
+1.1 bytes a weight instead of 4. Other types (Q5, ...) are not repacked: the loader expands
+them to float."""
 
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
-from gguf.quants import Q4_K
+from gguf.quants import Q4_K, dequantize
 
 from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
 
 QUANTS = GGMLQuantizationType
-REPACKED_TYPES = frozenset({QUANTS.Q4_0, QUANTS.Q4_1, QUANTS.Q4_K, QUANTS.Q8_0})
+REPACKED_TYPES = frozenset({QUANTS.Q4_0, QUANTS.Q4_1, QUANTS.Q4_K, QUANTS.Q8_0, QUANTS.Q6_K})
+# Types kept as re-quantized 8-bit blocks rather than their own codes.
+REQUANTIZED_TYPES = frozenset({QUANTS.Q6_K})
 
 
 def repack(data: np.ndarray, qtype: GGMLQuantizationType) -> BlockQuantizedWeight:
     """A tensor's raw bytes, uint8 [rows, bytes per row] as GGUFReader maps them, in the
     kernel's layout. `qtype` must be one of REPACKED_TYPES."""
     rows = data.shape[0]
+    if qtype in REQUANTIZED_TYPES:
+        return _requantized_8_bit(dequantize(data, qtype).reshape(rows, -1))
     bits, codes, scales, offsets = _UNPACKERS[qtype](data.reshape(-1))
     return BlockQuantizedWeight(
         bits,
@@ -76,3 +86,14 @@ def _q4_k(data: np.ndarray):
 
 
 _UNPACKERS = {QUANTS.Q4_0: _q4_0, QUANTS.Q4_1: _q4_1, QUANTS.Q8_0: _q8_0, QUANTS.Q4_K: _q4_k}
+
+
+def _requantized_8_bit(weights: np.ndarray) -> BlockQuantizedWeight:
+    """Float weights [rows, k] as 8-bit blocks of 32: q = round(w / scale), scale = the
+    block's max abs / 127 (1 for an all-zero block)."""
+    rows = weights.shape[0]
+    blocks = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).view(rows, -1, 32)
+    scales = blocks.abs().amax(dim=-1) / 127.0
+    scales[scales == 0] = 1.0
+    codes = torch.round(blocks / scales[..., None]).to(torch.int8)
+    return BlockQuantizedWeight(8, codes.view(torch.uint8).reshape(rows, -1), scales, None)

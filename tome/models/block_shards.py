@@ -1,7 +1,7 @@
 """Block-quantized checkpoint tensors gathered while a model loads, and put in place once
-all have come: a fused projection (q/k/v, gate/up) can keep its blocks only when every
-one of its shards arrived in blocks of one layout; otherwise they are expanded and
-copied into the float parameter like any other tensor."""
+all have come: a fused projection (q/k/v, gate/up) keeps its blocks when every one of its
+shards arrived in blocks (stacked per layout where they differ); otherwise they are
+expanded and copied into the float parameter like any other tensor."""
 
 from collections import defaultdict
 from collections.abc import Callable
@@ -16,7 +16,11 @@ from tome.kernels.block_quantized_matmul import (
     pack,
 )
 from tome.layers.block_quantized_experts import BlockQuantizedExperts
-from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
+from tome.layers.block_quantized_linear import (
+    BlockQuantizedEmbedding,
+    BlockQuantizedLinear,
+    StackedBlockQuantizedLinear,
+)
 from tome.layers.moe import FusedExperts
 
 
@@ -42,10 +46,14 @@ class BlockShards:
             module_name = target.removesuffix(".weight")
             module = model.get_submodule(module_name)
             parts = [weight for _, weight in (shards[i] for i in sorted(shards))]
-            whole = len(parts) == shard_count(target) and len({p.bits for p in parts}) == 1
+            complete = len(parts) == shard_count(target)
+            whole = complete and len({p.bits for p in parts}) == 1
             if whole and isinstance(module, nn.Linear):
                 packed = pack(concatenate_rows(parts))
                 model.set_submodule(module_name, BlockQuantizedLinear(packed, module.bias))
+            elif complete and isinstance(module, nn.Linear):
+                stacked = [pack(concatenate_rows(run)) for run in _runs_of_one_layout(parts)]
+                model.set_submodule(module_name, StackedBlockQuantizedLinear(stacked, module.bias))
             elif whole and isinstance(module, nn.Embedding):
                 model.set_submodule(module_name, BlockQuantizedEmbedding(pack(parts[0])))
             else:
@@ -59,18 +67,20 @@ class BlockShards:
         copy_float: Callable[[str, torch.Tensor], None],
     ) -> None:
         """Layers of experts, whose gate_up_proj (shards 2e, 2e + 1: expert e's gate and
-        up) and down_proj (shard e) must both have come whole in blocks of one layout."""
+        up) and down_proj (shard e) must both have come whole in blocks."""
         owners = {t.rsplit(".", 1)[0] for t in self._pending}
         for owner in owners:
             if not isinstance(model.get_submodule(owner), FusedExperts):
                 continue
             gate_up = self._pending.pop(f"{owner}.gate_up_proj", {})
             down = self._pending.pop(f"{owner}.down_proj", {})
-            parts = [weight for _, weight in (*gate_up.values(), *down.values())]
+            # gate and up are stacked into one weight, so they must share a layout; down
+            # may have another (Q4_K_M files keep some in Q6_K, held as 8-bit blocks).
             whole = (
                 len(gate_up) == shard_count(f"{owner}.gate_up_proj")
                 and len(down) == shard_count(f"{owner}.down_proj")
-                and len({p.bits for p in parts}) == 1
+                and len({weight.bits for _, weight in gate_up.values()}) == 1
+                and len({weight.bits for _, weight in down.values()}) == 1
             )
             if not whole:
                 for name, weight in (*gate_up.values(), *down.values()):
@@ -84,3 +94,14 @@ class BlockShards:
                     [pack(w) for w in fused], [pack(down[e][1]) for e in experts]
                 ),
             )
+
+
+def _runs_of_one_layout(parts: list[BlockQuantizedWeight]) -> list[list[BlockQuantizedWeight]]:
+    """Consecutive parts grouped while they share a layout."""
+    runs: list[list[BlockQuantizedWeight]] = []
+    for part in parts:
+        if runs and runs[-1][0].bits == part.bits:
+            runs[-1].append(part)
+        else:
+            runs.append([part])
+    return runs
