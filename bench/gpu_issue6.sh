@@ -2,7 +2,8 @@
 # Issue 6 on one GPU in one device call: first the Triton kernels against the PyTorch
 # reference (tests/test_kernels.py, tests/test_sparse_kernel.py, the layer ops and CUDA
 # graphs, compiled on the GPU, with their full-size cases), then `tome bench --device cuda` (ours, transformers and the
-# roofline side by side) for dummy Llama-3.1-8B and Qwen2.5-7B-Instruct-1M shapes.
+# roofline side by side) for dummy Llama-3.1-8B and Qwen2.5-7B-Instruct-1M shapes, and
+# (issue 17) the MoE shapes Qwen3-30B-A3B and Moonlight-16B-A3B (latent attention).
 #
 #   bash bench/gpu_issue6.sh                 # on the GPU machine; everything lands in $OUT
 #   DRY=1 PYTHON=/tmp/venv/bin/python OUT=/tmp/dry bash bench/gpu_issue6.sh   # CPU, tiny shapes
@@ -37,7 +38,7 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_issue6}
 BUDGET_S=${BUDGET_S:-540}
 MIN_STEP_S=${MIN_STEP_S:-45}
-STEPS=${STEPS:-"kernel_tests llama llama_sparse qwen qwen_1m"}
+STEPS=${STEPS:-"kernel_tests llama llama_sparse qwen qwen_1m moe mla"}
 mkdir -p "$OUT"
 LOG=$OUT/bench.log
 TABLES=$OUT/tables.md
@@ -45,12 +46,14 @@ SUMMARY=$OUT/steps.tsv
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-KERNEL_TESTS=(tests/test_kernels.py tests/test_sparse_kernel.py tests/test_triton_layer_ops.py tests/test_cuda_graphs.py)
+KERNEL_TESTS=(tests/test_kernels.py tests/test_sparse_kernel.py tests/test_triton_layer_ops.py tests/test_cuda_graphs.py tests/test_moe_models.py)
 if [ "$DRY" = 1 ]; then
   # The kernel tests as CI runs them: Triton's interpreter on the CPU, small sizes (~1 min).
   PYTEST=(-m pytest -q -p no:cacheprovider "${KERNEL_TESTS[@]}")
   LLAMA=bench/configs/tiny-llama.json
   QWEN=bench/configs/tiny-llama.json
+  MOE=bench/configs/tiny-moonlight.json
+  MLA=bench/configs/tiny-moonlight.json
   DEVICE=(--device cpu --roofline --roofline-peak measure)
   PREFILL=64,256
   LONG_PREFILL=1024,4096
@@ -65,6 +68,8 @@ else
   "$PYTHON" -c 'import xdist' 2>/dev/null && PYTEST+=(-n 8)
   LLAMA=bench/configs/llama-3.1-8b.json
   QWEN=bench/configs/qwen2.5-7b-instruct-1m.json
+  MOE=bench/configs/qwen3-30b-a3b.json  # 61 GB of bfloat16 weights
+  MLA=bench/configs/moonlight-16b-a3b.json
   DEVICE=(--device cuda --dtype bfloat16)
   PREFILL=8192,32768,131072
   LONG_PREFILL=524288,1010000  # Qwen-1M's window is 1,010,000: measured at 1,009,999
@@ -139,6 +144,13 @@ step qwen_1m 600 "${TOME[@]}" bench --dummy "$QWEN" "${DEVICE[@]}" "${ONCE[@]}" 
   --kv-cache-dtype int8 --sparse-prefill "$SPARSE" --prefill-lengths "$LONG_PREFILL" \
   --decode-batches 1 --decode-prompt-lens 1024 --decode-tokens 4 --prefill-chunk $((CHUNK / 2)) \
   --markdown "$TABLES"
+
+# Mixture-of-Experts (the grouped Triton expert kernel) and latent attention, both sides;
+# prefill to 32k only: these steps measure the experts and the latent cache, not length.
+step moe 240 "${TOME[@]}" bench --dummy "$MOE" "${DEVICE[@]}" "${ONCE[@]}" \
+  --prefill-lengths "${PREFILL%,*}" "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
+step mla 240 "${TOME[@]}" bench --dummy "$MLA" "${DEVICE[@]}" "${ONCE[@]}" \
+  --prefill-lengths "${PREFILL%,*}" "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
 
 echo "=== done in ${SECONDS}s" | tee -a "$LOG"
 column -t "$SUMMARY" | tee -a "$LOG"
