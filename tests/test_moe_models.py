@@ -13,6 +13,7 @@ from tests.reference import load_reference
 from tests.test_engine_equality import assert_matches_reference, greedy_params, random_prompts
 from tome import LLM
 from tome.errors import ModelLoadError
+from tome.layers import moe
 from tome.layers.layer_kernels import LAYER_OPS_ENV
 from tome.layers.moe import FusedExperts, softmax_top_k
 
@@ -148,3 +149,20 @@ def test_the_engine_with_triton_experts_equals_transformers(
     assert_matches_reference(
         load_reference(tmp_path), prompts, llm.generate(prompts, greedy_params())
     )
+
+
+def test_bfloat16_experts_widened_on_the_cpu_equal_the_bfloat16_products(monkeypatch):
+    """An expert with many rows multiplies in float32 where the CPU lacks bfloat16 dot
+    products; either way the products accumulate in float32 and round once."""
+    torch.manual_seed(3)
+    experts = FusedExperts(num_experts=3, hidden_size=64, intermediate_size=48)
+    torch.nn.init.normal_(experts.gate_up_proj, std=0.2)
+    torch.nn.init.normal_(experts.down_proj, std=0.2)
+    experts = experts.to(torch.bfloat16)
+    x = torch.randn(40, 64).to(torch.bfloat16)
+    weights, ids = softmax_top_k(torch.randn(40, 3), 2, renormalize=True)
+    outputs = {}
+    for widened in (True, False):
+        monkeypatch.setattr(moe, "_widens_bfloat16", lambda x, widened=widened: widened)
+        outputs[widened] = experts(x, weights, ids)
+    torch.testing.assert_close(outputs[True], outputs[False])

@@ -10,8 +10,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from tome.kernels import cpu_isa
 from tome.layers.activation import silu_and_mul
 from tome.layers.layer_kernels import uses_triton
+
+# Rows from which a bfloat16 expert product is widened to float32 where the CPU has no
+# bfloat16 dot products: at 8 rows the two take the same time, at 1 the widening costs 3x.
+WIDEN_FROM_ROWS = 16
+BFLOAT16_DOT_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 def softmax_top_k(
@@ -52,7 +58,22 @@ class FusedExperts(nn.Module):
         return sum_over_experts(x, weights, ids, self.num_experts, self._expert)
 
     def _expert(self, expert: int, x: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul(x @ self.gate_up_proj[expert].T) @ self.down_proj[expert].T
+        hidden = silu_and_mul(_times_transposed(x, self.gate_up_proj[expert]))
+        return _times_transposed(hidden, self.down_proj[expert])
+
+
+def _times_transposed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T. In bfloat16 on a CPU without bfloat16 dot products (no AVX512-BF16 or
+    AMX), torch's product of many rows runs 2.2x slower than widening both to float32
+    first (64 rows by a 2,048 x 1,536 expert: 6.7 ms against 3.0 on a 2-core Xeon); both
+    accumulate in float32 and round the result to bfloat16 once."""
+    if x.dtype == torch.bfloat16 and x.shape[0] >= WIDEN_FROM_ROWS and _widens_bfloat16(x):
+        return (x.float() @ weight.float().T).to(torch.bfloat16)
+    return x @ weight.T
+
+
+def _widens_bfloat16(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and not cpu_isa.cpu_flags() & BFLOAT16_DOT_FLAGS
 
 
 def sum_over_experts(
