@@ -96,11 +96,11 @@ def run_llama_cpp(workdir: Path, name: str) -> dict:
 
     def generate(prompt, tokens):
         # The prompt from scratch (no reuse of the previous one's KV), then one token a
-        # step; the next token's choice costs the same whichever it is.
+        # step: a step costs the same whichever token it feeds.
         llm.reset()
         llm.eval(prompt)
         for _ in range(tokens - 1):
-            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+            llm.eval(prompt[-1:])
 
     return rates(generate)
 

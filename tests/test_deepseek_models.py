@@ -16,6 +16,7 @@ from tests.conftest import TINY_FIELDS
 from tests.reference import load_reference
 from tests.test_bad_input import assert_one_line
 from tests.test_engine_equality import assert_matches_reference, greedy_params, random_prompts
+from tests.test_moe_models import assert_equal_transformers_with_a_shared_prefix, save_random_moe
 from tome import LLM
 from tome.engine.kv_cache import kv_bytes_per_token
 from tome.errors import ModelLoadError
@@ -108,20 +109,8 @@ DEEPSEEK_MODELS = {
 
 def save_tiny_deepseek(name: str, path, tokenizer_dir):
     config_class, extra = DEEPSEEK_MODELS[name]
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config_class(**{**COMMON, **extra}))
-    # Random routers that prefer some experts, as trained ones do, and a selection bias
-    # large enough to change choices.
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if param_name.endswith("gate.weight") or param_name.endswith("gate_up_proj"):
-                param.normal_(0, 0.2)
-        for buffer_name, buffer in model.named_buffers():
-            if buffer_name.endswith("e_score_correction_bias"):
-                buffer.copy_(torch.linspace(-0.2, 0.2, buffer.numel()))
-    model.save_pretrained(path, max_shard_size="300KB")  # several shards
-    transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
-    return path
+    config = config_class(**{**COMMON, **extra})
+    return save_random_moe(config, path, tokenizer_dir, max_shard_size="300KB")  # sharded
 
 
 @pytest.fixture(scope="module", params=list(DEEPSEEK_MODELS))
@@ -131,15 +120,7 @@ def deepseek_model(request, tmp_path_factory, hf_tokenizer_dir):
 
 
 def test_greedy_and_logprobs_equal_transformers(deepseek_model):
-    reference = load_reference(deepseek_model)
-    llm = LLM(str(deepseek_model), max_num_batched_tokens=32, max_num_seqs=4)
-    prompts = random_prompts([5, 40, 70], seed=3)
-    assert_matches_reference(reference, prompts, llm.generate(prompts, greedy_params()))
-    # A second batch sharing a 48-token prefix: its blocks come from the prefix cache.
-    shared = random_prompts([9, 21], seed=4, prefix=prompts[2][:48])
-    outputs = llm.generate(shared, greedy_params())
-    assert all(out.num_cached_tokens >= 32 for out in outputs)
-    assert_matches_reference(reference, shared, outputs)
+    assert_equal_transformers_with_a_shared_prefix(deepseek_model)
 
 
 def test_the_cache_holds_one_latent_vector_per_token_and_layer(deepseek_model):

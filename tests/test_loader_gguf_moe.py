@@ -7,14 +7,13 @@ HF folder it was converted from; a Q8_0 file, experts and all kept in blocks, gi
 outputs of its own weights dequantized."""
 
 import pytest
-import torch
 import transformers
 
 from tests.llama_cpp_converter import convert
 from tests.reference import load_reference
 from tests.test_deepseek_models import save_tiny_deepseek
 from tests.test_engine_equality import assert_matches_reference, greedy_params, random_prompts
-from tests.test_moe_models import COMMON, MOE_MODELS
+from tests.test_moe_models import MOE_MODELS, save_tiny_moe
 from tome import LLM
 from tome.engine import model_loading
 from tome.layers.block_quantized_experts import BlockQuantizedExperts
@@ -32,18 +31,9 @@ CONFIG_FIELDS = (
 
 
 def save_hf(family: str, folder, tokenizer_dir):
-    if family not in MOE_MODELS:
-        return save_tiny_deepseek(family, folder, tokenizer_dir)
-    config_class, extra = MOE_MODELS[family]
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config_class(**{**COMMON, **extra}))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("gate.weight") or name.endswith("gate_up_proj"):
-                param.normal_(0, 0.2)
-    model.save_pretrained(folder)
-    transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
-    return folder
+    if family in MOE_MODELS:
+        return save_tiny_moe(family, folder, tokenizer_dir)
+    return save_tiny_deepseek(family, folder, tokenizer_dir)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -46,20 +46,47 @@ MOE_MODELS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(MOE_MODELS))
-def moe_model(request, tmp_path_factory, hf_tokenizer_dir):
-    config_class, extra = MOE_MODELS[request.param]
+def save_random_moe(config, path, tokenizer_dir, **save_args):
+    """A model of `config` with random weights, saved by transformers with a tokenizer.
+    Its routers prefer some experts, as trained ones do, so routing is not a tie; a
+    selection bias (DeepSeek-V3's) is large enough to change choices."""
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config_class(**{**COMMON, **extra}))
-    # Random routers that prefer some experts, as trained ones do, so routing is not a tie.
+    model = transformers.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("gate.weight") or name.endswith("gate_up_proj"):
                 param.normal_(0, 0.2)
-    path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path, max_shard_size="300KB")  # several shards
-    transformers.AutoTokenizer.from_pretrained(hf_tokenizer_dir).save_pretrained(path)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.copy_(torch.linspace(-0.2, 0.2, buffer.numel()))
+    model.save_pretrained(path, **save_args)
+    transformers.AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
     return path
+
+
+def save_tiny_moe(name: str, path, tokenizer_dir, **save_args):
+    config_class, extra = MOE_MODELS[name]
+    return save_random_moe(config_class(**{**COMMON, **extra}), path, tokenizer_dir, **save_args)
+
+
+def assert_equal_transformers_with_a_shared_prefix(path) -> None:
+    """Greedy tokens and logprobs as transformers gives them for prompts past several
+    blocks, chunked, then for a second batch whose 48-token prefix comes from the cache."""
+    reference = load_reference(path)
+    llm = LLM(str(path), max_num_batched_tokens=32, max_num_seqs=4)
+    prompts = random_prompts([5, 40, 70], seed=3)
+    assert_matches_reference(reference, prompts, llm.generate(prompts, greedy_params()))
+    shared = random_prompts([9, 21], seed=4, prefix=prompts[2][:48])
+    outputs = llm.generate(shared, greedy_params())
+    assert all(out.num_cached_tokens >= 32 for out in outputs)
+    assert_matches_reference(reference, shared, outputs)
+
+
+@pytest.fixture(scope="module", params=list(MOE_MODELS))
+def moe_model(request, tmp_path_factory, hf_tokenizer_dir):
+    path = tmp_path_factory.mktemp(request.param)
+    # Several shards, as on the Hub.
+    return save_tiny_moe(request.param, path, hf_tokenizer_dir, max_shard_size="300KB")
 
 
 def test_sharded_hub_names_are_what_we_load(moe_model):
@@ -68,15 +95,7 @@ def test_sharded_hub_names_are_what_we_load(moe_model):
 
 
 def test_greedy_and_logprobs_equal_transformers(moe_model):
-    reference = load_reference(moe_model)
-    llm = LLM(str(moe_model), max_num_batched_tokens=32, max_num_seqs=4)
-    prompts = random_prompts([5, 40, 70], seed=3)
-    assert_matches_reference(reference, prompts, llm.generate(prompts, greedy_params()))
-    # A second batch sharing a 48-token prefix: its blocks come from the prefix cache.
-    shared = random_prompts([9, 21], seed=4, prefix=prompts[2][:48])
-    outputs = llm.generate(shared, greedy_params())
-    assert all(out.num_cached_tokens >= 32 for out in outputs)
-    assert_matches_reference(reference, shared, outputs)
+    assert_equal_transformers_with_a_shared_prefix(moe_model)
 
 
 def test_experts_equal_a_loop_over_tokens():
@@ -138,11 +157,7 @@ def test_triton_grouped_experts_equal_the_torch_experts(monkeypatch, dtype):
 def test_the_engine_with_triton_experts_equals_transformers(
     tmp_path, hf_tokenizer_dir, monkeypatch
 ):
-    config_class, extra = MOE_MODELS["qwen2_moe_shared"]
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config_class(**{**COMMON, **extra}))
-    model.save_pretrained(tmp_path)
-    transformers.AutoTokenizer.from_pretrained(hf_tokenizer_dir).save_pretrained(tmp_path)
+    save_tiny_moe("qwen2_moe_shared", tmp_path, hf_tokenizer_dir)
     monkeypatch.setenv(LAYER_OPS_ENV, "triton")
     llm = LLM(str(tmp_path), kv_cache_memory=1 << 20, max_num_batched_tokens=32, max_num_seqs=4)
     prompts = random_prompts([4, 37], seed=5)
