@@ -23,7 +23,7 @@ from tome.bench.roofline import (
     attention_flops,
     causal_pairs,
     decode_step_cost,
-    layer_matmul_parameters,
+    layer_weights,
     prefill_cost,
     read_parameters,
     sparse_pairs,
@@ -59,10 +59,40 @@ def test_parameters_match_transformers_models(name):
     ours = ModelConfig.from_hf(config)
     assert parameter_count(ours) == model.num_parameters()
     embedding = model.get_input_embeddings().weight.numel()
-    assert read_parameters(ours) == model.num_parameters() - embedding
+    layers = layer_weights(ours)
+    assert read_parameters(ours, layers, 1) == model.num_parameters() - embedding
     linears = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     lm_head = model.get_output_embeddings().weight.numel()
-    assert ours.num_hidden_layers * layer_matmul_parameters(ours) == linears - lm_head
+    assert layers.per_token() == linears - lm_head and layers.experts == 0
+
+
+def test_a_moe_token_multiplies_by_its_experts_and_a_step_reads_those_picked():
+    config = hf_config("qwen3-30b-a3b.json")
+    model = meta_model(config)
+    ours = ModelConfig.from_hf(config)
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    linears = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    # The routers multiply every token too (transformers' are not nn.Linear modules).
+    routers = sum(p.numel() for name, p in model.named_parameters() if name.endswith("gate.weight"))
+    dense = linears - model.get_output_embeddings().weight.numel() + routers
+    layers = layer_weights(ours)
+    assert (layers.dense, layers.experts, layers.per_layer, layers.active) == (
+        dense,
+        experts,
+        128,
+        8,
+    )
+    assert layers.per_token() == dense + experts * 8 / 128
+    untied = model.num_parameters() - model.get_input_embeddings().weight.numel()
+    # One token reads its 8 experts of 128 in each layer; a long prefill reads them all.
+    assert read_parameters(ours, layers, 1) == pytest.approx(untied - experts * 120 / 128)
+    assert read_parameters(ours, layers, 100_000) == pytest.approx(untied)
+
+
+def test_latent_attention_attends_over_its_cached_vector():
+    ours = ModelConfig.from_hf(hf_config("deepseek-v3.json"))
+    # 128 heads, 61 layers, a 576-wide latent as key and as value.
+    assert attention_flops(ours, 1) == 4 * 576 * 128 * 61
 
 
 def test_decode_bytes_are_the_weights_and_every_context():
@@ -71,7 +101,8 @@ def test_decode_bytes_are_the_weights_and_every_context():
     read = model.num_parameters() - model.get_input_embeddings().weight.numel()
     # K and V per layer, KV head and position, two bytes each in bfloat16.
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * 128 * 2
-    cost = decode_step_cost(ModelConfig.from_hf(config), 2, kv_per_token, batch=8, context=1000)
+    ours = ModelConfig.from_hf(config)
+    cost = decode_step_cost(ours, layer_weights(ours), 2, kv_per_token, batch=8, context=1000)
     assert cost.bytes == 2 * read + 8 * 1000 * kv_per_token
 
 
@@ -95,7 +126,7 @@ def test_prefill_flops_match_the_flop_counter():
     ids = torch.randint(0, config.vocab_size, (1, n))
     counted = counted_flops(lambda: model(input_ids=ids, logits_to_keep=1))
     # Eager attention multiplies every (query, key) pair, the masked half too.
-    ours = prefill_cost(config, 4, 0, n).flops
+    ours = prefill_cost(config, layer_weights(config), 4, 0, n).flops
     assert counted == ours - attention_flops(config, causal_pairs(n)) + attention_flops(
         config, n * n
     )
@@ -111,7 +142,7 @@ def test_decode_flops_match_the_flop_counter():
     step = torch.randint(0, config.vocab_size, (batch, 1))
     counted = counted_flops(lambda: model(input_ids=step, past_key_values=cache, use_cache=True))
     # The new token attends over the prompt and itself.
-    assert counted == decode_step_cost(config, 4, 0, batch, prompt + 1).flops
+    assert counted == decode_step_cost(config, layer_weights(config), 4, 0, batch, prompt + 1).flops
 
 
 def test_sparse_pairs_bound_an_explicit_pattern():
