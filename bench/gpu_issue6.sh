@@ -46,7 +46,7 @@ SUMMARY=$OUT/steps.tsv
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-KERNEL_TESTS=(tests/test_kernels.py tests/test_sparse_kernel.py tests/test_triton_layer_ops.py tests/test_cuda_graphs.py tests/test_moe_models.py)
+KERNEL_TESTS=(tests/test_kernels.py tests/test_sparse_kernel.py tests/test_triton_layer_ops.py tests/test_cuda_graphs.py tests/test_triton_experts.py)
 if [ "$DRY" = 1 ]; then
   # The kernel tests as CI runs them: Triton's interpreter on the CPU, small sizes (~1 min).
   PYTEST=(-m pytest -q -p no:cacheprovider "${KERNEL_TESTS[@]}")

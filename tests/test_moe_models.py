@@ -14,7 +14,6 @@ from tests.test_engine_equality import assert_matches_reference, greedy_params, 
 from tome import LLM
 from tome.errors import ModelLoadError
 from tome.layers import moe
-from tome.layers.layer_kernels import LAYER_OPS_ENV
 from tome.layers.moe import FusedExperts, softmax_top_k
 
 COMMON = {**TINY_FIELDS, "intermediate_size": 96, "num_hidden_layers": 3, "num_experts_per_tok": 2}
@@ -127,43 +126,6 @@ def test_a_checkpoint_missing_an_expert_is_one_clear_error(moe_model, tmp_path):
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(ModelLoadError, match="lacks 1 tensors"):
         LLM(str(tmp_path), kv_cache_memory=1 << 20)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_grouped_experts_equal_the_torch_experts(monkeypatch, dtype):
-    """The GPU's grouped products (run in Triton's interpreter here) against the torch
-    loop, with some experts idle and one given most tokens."""
-    torch.manual_seed(2)
-    experts = FusedExperts(num_experts=6, hidden_size=48, intermediate_size=40)
-    torch.nn.init.normal_(experts.gate_up_proj, std=0.2)
-    torch.nn.init.normal_(experts.down_proj, std=0.2)
-    experts = experts.to(dtype)
-    x = torch.randn(37, 48).to(dtype)
-    logits = torch.randn(37, 6)
-    logits[:, 2] += 3  # expert 2 takes most tokens: several blocks of rows
-    logits[:, 5] -= 9  # expert 5 takes none
-    weights, ids = softmax_top_k(logits, 2, renormalize=True)
-    monkeypatch.setenv(LAYER_OPS_ENV, "torch")
-    expected = experts(x, weights, ids)
-    monkeypatch.setenv(LAYER_OPS_ENV, "triton")
-    # In bfloat16 the torch loop rounds each expert's weighted output and adds in
-    # bfloat16; the kernel adds a token's experts in float32 and rounds once.
-    tolerance = (
-        {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.016, "atol": 0.01}
-    )
-    torch.testing.assert_close(experts(x, weights, ids), expected, **tolerance)
-
-
-def test_the_engine_with_triton_experts_equals_transformers(
-    tmp_path, hf_tokenizer_dir, monkeypatch
-):
-    save_tiny_moe("qwen2_moe_shared", tmp_path, hf_tokenizer_dir)
-    monkeypatch.setenv(LAYER_OPS_ENV, "triton")
-    llm = LLM(str(tmp_path), kv_cache_memory=1 << 20, max_num_batched_tokens=32, max_num_seqs=4)
-    prompts = random_prompts([4, 37], seed=5)
-    assert_matches_reference(
-        load_reference(tmp_path), prompts, llm.generate(prompts, greedy_params())
-    )
 
 
 def test_bfloat16_experts_widened_on_the_cpu_equal_the_bfloat16_products(monkeypatch):
