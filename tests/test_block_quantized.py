@@ -16,6 +16,7 @@ from tome.kernels.block_quantized_matmul import (
     block_quantized_matmul,
     dequantize_transposed,
     gather_rows,
+    grouped_block_quantized_matmul,
     kernel_library,
     pack,
 )
@@ -194,3 +195,20 @@ def test_q6_k_is_kept_as_8_bit_blocks_within_half_a_step():
     # Exact ties (Q6_K values are rational multiples of each other) land on half a step.
     assert ((ours - exact).view(12, -1, 32).abs() <= half_step * (1 + 1e-5)).all()
     assert not torch.equal(ours, exact)  # re-quantized, not Q6_K's own codes
+
+
+@pytest.mark.parametrize("qtype", [QUANTS.Q4_K, QUANTS.Q8_0])
+@pytest.mark.usefixtures("each_cpu_isa")
+def test_grouped_matmul_equals_each_product_alone(qtype):
+    """A MoE layer's experts in one call: every group's rows give what the single-weight
+    kernel gives them, bit for bit, whether a group is one row, several, none, or enough
+    rows to take the BLAS path."""
+    weights = [pack(repack(_raw(qtype, 40, 256, seed=g), qtype)) for g in range(5)]
+    counts = [1, 0, 7, EXPAND_FROM_ROWS, 3]
+    x = torch.randn(sum(counts), 256, generator=torch.Generator().manual_seed(5))
+    out = grouped_block_quantized_matmul(x, counts, weights)
+    start = 0
+    for count, weight in zip(counts, weights, strict=True):
+        alone = block_quantized_matmul(x[start : start + count], weight)
+        assert torch.equal(out[start : start + count], alone)
+        start += count

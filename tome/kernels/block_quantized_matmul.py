@@ -102,6 +102,11 @@ KERNEL = KernelSource(
             _integer,
             [_integer, _size, _pointer, _pointer, _pointer, _pointer, _size, _pointer],
         ),
+        "tome_block_quantized_grouped_matmul": (
+            _integer,
+            # kind, groups, x rows, their counts, k, codes, scales, offsets, n, outputs
+            [_integer, _size, *[_pointer] * 2, _size, *[_pointer] * 3, _size, _pointer],
+        ),
         "tome_block_quantized_is_fast": (_integer, []),
     },
 )
@@ -135,6 +140,53 @@ def block_quantized_matmul(x: torch.Tensor, weight: PackedWeight) -> torch.Tenso
     )
     _check(status, weight)
     return out.reshape(*x.shape[:-1], weight.n)
+
+
+def grouped_block_quantized_matmul(
+    x: torch.Tensor, counts: list[int], weights: list[PackedWeight]
+) -> torch.Tensor:
+    """[sum(counts), n] float32: x's first counts[0] rows times weights[0]^T, its next
+    counts[1] times weights[1]^T, and so on; every weight of one layout and shape. Groups
+    of EXPAND_FROM_ROWS rows or more take block_quantized_matmul's BLAS path; the rest run
+    in one call of the kernel, one parallel pass over all their weights."""
+    first = weights[0]
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], first.n, dtype=torch.float32)
+    small: list[tuple[int, int, PackedWeight]] = []  # (first row, rows, weight)
+    start = 0
+    for count, weight in zip(counts, weights, strict=True):
+        if count >= EXPAND_FROM_ROWS:
+            out[start : start + count] = block_quantized_matmul(x[start : start + count], weight)
+        elif count:
+            small.append((start, count, weight))
+        start += count
+    if small:
+        _grouped_kernel(x, out, small)
+    return out
+
+
+def _grouped_kernel(
+    x: torch.Tensor, out: torch.Tensor, groups: list[tuple[int, int, PackedWeight]]
+) -> None:
+    count, k, n = len(groups), groups[0][2].k, groups[0][2].n
+
+    def pointers(values: list) -> ctypes.Array:
+        return (ctypes.c_void_p * count)(*values)
+
+    has_offsets = groups[0][2].offsets is not None
+    status = kernel_library().tome_block_quantized_grouped_matmul(
+        KINDS[groups[0][2].bits],
+        count,
+        pointers([x.data_ptr() + first * k * 4 for first, _, _ in groups]),
+        (ctypes.c_int64 * count)(*(rows for _, rows, _ in groups)),
+        k,
+        pointers([w.codes.data_ptr() for _, _, w in groups]),
+        pointers([w.scales.data_ptr() for _, _, w in groups]),
+        pointers([w.offsets.data_ptr() for _, _, w in groups]) if has_offsets else None,
+        n,
+        pointers([out.data_ptr() + first * n * 4 for first, _, _ in groups]),
+    )
+    _check(status, groups[0][2])
 
 
 def dequantize_transposed(weight: PackedWeight) -> torch.Tensor:

@@ -1,14 +1,15 @@
 """A layer's experts kept in GGUF's quantized blocks (as BlockQuantizedLinear keeps a
-dense layer's), computed by the block kernel one active expert at a time over all its
-tokens: a Q4_K MoE model stays near its file size in memory, and decoding reads each
-active expert's blocks once. Float32 on the CPU, as the block kernel is."""
+dense layer's), computed by the block kernel: a Q4_K MoE model stays near its file size in
+memory, and a step reads each active expert's blocks once, all of a layer's gate/up
+products in one pass of the kernel and all its down products in another (a few small
+products stream like one large one). Float32 on the CPU, as the block kernel is."""
 
 import torch
 from torch import nn
 
-from tome.kernels.block_quantized_matmul import PackedWeight, block_quantized_matmul
+from tome.kernels.block_quantized_matmul import PackedWeight, grouped_block_quantized_matmul
 from tome.layers.activation import silu_and_mul
-from tome.layers.moe import sum_over_experts
+from tome.layers.moe import expert_groups
 
 
 class BlockQuantizedExperts(nn.Module):
@@ -19,8 +20,19 @@ class BlockQuantizedExperts(nn.Module):
         self.num_experts = len(gate_up)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return sum_over_experts(x, weights, ids, self.num_experts, self._expert)
-
-    def _expert(self, expert: int, x: torch.Tensor) -> torch.Tensor:
-        hidden = silu_and_mul(block_quantized_matmul(x, self.gate_up[expert]))
-        return block_quantized_matmul(hidden, self.down[expert])
+        """As FusedExperts: each token's weighted sum of its experts, added in expert
+        order. The active experts' gate/up products run in one kernel call, their down
+        products in another."""
+        groups = expert_groups(ids, self.num_experts)
+        experts = [expert for expert, _ in groups]
+        counts = [len(assignments) for _, assignments in groups]
+        assignments = torch.cat([assignments for _, assignments in groups])
+        tokens = assignments // ids.shape[1]
+        gate_up = grouped_block_quantized_matmul(
+            x[tokens], counts, [self.gate_up[e] for e in experts]
+        )
+        down = grouped_block_quantized_matmul(
+            silu_and_mul(gate_up), counts, [self.down[e] for e in experts]
+        )
+        out = torch.zeros_like(x)
+        return out.index_add_(0, tokens, down * weights.flatten()[assignments, None])

@@ -86,34 +86,29 @@ def sum_over_experts(
     """Each token's sum of expert_forward(expert, its rows) weighted, the assignments
     grouped by expert so that each active expert runs once over all its tokens."""
     k = ids.shape[1]
-    if x.shape[0] == 1:
-        return _one_token_over_experts(x, weights, ids, expert_forward)
-    flat_ids = ids.flatten()
-    order = flat_ids.argsort(stable=True)  # assignments grouped by expert
-    counts = torch.bincount(flat_ids, minlength=num_experts).tolist()
     flat_weights = weights.flatten()
     out = torch.zeros_like(x)
-    start = 0
-    for expert, count in enumerate(counts):
-        if count == 0:
-            continue
-        assignments = order[start : start + count]
-        start += count
+    for expert, assignments in expert_groups(ids, num_experts):
         tokens = assignments // k
         y = expert_forward(expert, x[tokens]) * flat_weights[assignments, None]
         out.index_add_(0, tokens, y.to(out.dtype))
     return out
 
 
-def _one_token_over_experts(
-    x: torch.Tensor,
-    weights: torch.Tensor,
-    ids: torch.Tensor,
-    expert_forward: Callable[[int, torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """sum_over_experts for one token (a decode step of one sequence), without sorting
-    and counting over every expert: its k experts in expert order, as the sum rounds."""
-    out = torch.zeros_like(x)
-    for expert, slot in sorted(zip(ids[0].tolist(), range(ids.shape[1]), strict=True)):
-        out += (expert_forward(expert, x) * weights[0, slot]).to(out.dtype)
-    return out
+def expert_groups(ids: torch.Tensor, num_experts: int) -> list[tuple[int, torch.Tensor]]:
+    """(expert, its assignments as indices into ids.flatten()) for every active expert, in
+    expert order: contributions are added in that order, as transformers adds them."""
+    if ids.shape[0] == 1:
+        # One token (a decode step of one sequence): no sorting and counting over every
+        # expert, only its k.
+        slots = sorted(zip(ids[0].tolist(), range(ids.shape[1]), strict=True))
+        return [(expert, torch.tensor([slot])) for expert, slot in slots]
+    flat_ids = ids.flatten()
+    order = flat_ids.argsort(stable=True)
+    counts = torch.bincount(flat_ids, minlength=num_experts).tolist()
+    groups, start = [], 0
+    for expert, count in enumerate(counts):
+        if count:
+            groups.append((expert, order[start : start + count]))
+            start += count
+    return groups

@@ -144,31 +144,60 @@ void rows_times_panel(const Weight& w, const float* x_all, int64_t first_row, fl
     }
 }
 
+// Every row of x against panel p, while its codes are in the L1 cache.
+template <int K>
+void all_rows_times_panel(const Weight& w, const float* x, int64_t m, float* y, int64_t n,
+                          int64_t p) {
+    int64_t row = 0;
+    for (; row + 8 <= m; row += 8) rows_times_panel<K, 8>(w, x, row, y, n, p);
+    if (row + 4 <= m) {
+        rows_times_panel<K, 4>(w, x, row, y, n, p);
+        row += 4;
+    }
+    if (row + 2 <= m) {
+        rows_times_panel<K, 2>(w, x, row, y, n, p);
+        row += 2;
+    }
+    if (row < m) rows_times_panel<K, 1>(w, x, row, y, n, p);
+}
+
+// This thread's share [begin, end) of `total` work items: static ranges, so every thread
+// streams its own part of the weights.
+inline void my_share(int64_t total, int64_t& begin, int64_t& end) {
+    int threads = 1, me = 0;
+#ifdef _OPENMP
+    threads = omp_get_num_threads();
+    me = omp_get_thread_num();
+#endif
+    begin = total * me / threads;
+    end = total * (me + 1) / threads;
+}
+
 template <int K>
 void matmul(const Weight& w, const float* x, int64_t m, float* y, int64_t n) {
     const int64_t panels = (n + PANEL - 1) / PANEL;
 #pragma omp parallel
     {
-        // Static panel ranges: every thread streams its own share of the weight.
-        int threads = 1, me = 0;
-#ifdef _OPENMP
-        threads = omp_get_num_threads();
-        me = omp_get_thread_num();
-#endif
-        const int64_t begin = panels * me / threads, end = panels * (me + 1) / threads;
-        // Panel by panel, every row against it while its codes are in the L1 cache.
-        for (int64_t p = begin; p < end; ++p) {
-            int64_t row = 0;
-            for (; row + 8 <= m; row += 8) rows_times_panel<K, 8>(w, x, row, y, n, p);
-            if (row + 4 <= m) {
-                rows_times_panel<K, 4>(w, x, row, y, n, p);
-                row += 4;
-            }
-            if (row + 2 <= m) {
-                rows_times_panel<K, 2>(w, x, row, y, n, p);
-                row += 2;
-            }
-            if (row < m) rows_times_panel<K, 1>(w, x, row, y, n, p);
+        int64_t begin, end;
+        my_share(panels, begin, end);
+        for (int64_t p = begin; p < end; ++p) all_rows_times_panel<K>(w, x, m, y, n, p);
+    }
+}
+
+// Several weights of one shape, each times its own rows (a MoE layer's active experts):
+// one parallel pass over all their panels, so that a few small products stream like one
+// large one instead of each paying a thread team's start and a prefetch pipeline's fill.
+template <int K>
+void grouped_matmul(const Weight* weights, const float* const* xs, const int64_t* ms,
+                    float* const* ys, int64_t count, int64_t n) {
+    const int64_t panels = (n + PANEL - 1) / PANEL;
+#pragma omp parallel
+    {
+        int64_t begin, end;
+        my_share(count * panels, begin, end);
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t g = item / panels;
+            all_rows_times_panel<K>(weights[g], xs[g], ms[g], ys[g], n, item % panels);
         }
     }
 }
@@ -228,6 +257,24 @@ int tome_block_quantized_matmul(int kind, const float* x, int64_t m, int64_t k,
     const Weight w{codes, scales, offsets, k};
     if (kind == FOUR_BIT) matmul<FOUR_BIT>(w, x, m, y, n);
     else if (kind == EIGHT_BIT) matmul<EIGHT_BIT>(w, x, m, y, n);
+    else return -1;
+    return 0;
+}
+
+// For g < count: ys[g] [ms[g], n] = xs[g] [ms[g], k] @ W_g^T, every W_g of one kind and
+// shape [n, k] (codes[g], scales[g], offsets[g]). Returns 0, or -1 as the matmul does.
+int tome_block_quantized_grouped_matmul(int kind, int64_t count, const float* const* xs,
+                                        const int64_t* ms, int64_t k,
+                                        const uint8_t* const* codes,
+                                        const float* const* scales,
+                                        const float* const* offsets, int64_t n,
+                                        float* const* ys) {
+    if (k % BLOCK != 0 || count > 1024) return -1;
+    Weight weights[1024];
+    for (int64_t g = 0; g < count; ++g)
+        weights[g] = Weight{codes[g], scales[g], offsets ? offsets[g] : nullptr, k};
+    if (kind == FOUR_BIT) grouped_matmul<FOUR_BIT>(weights, xs, ms, ys, count, n);
+    else if (kind == EIGHT_BIT) grouped_matmul<EIGHT_BIT>(weights, xs, ms, ys, count, n);
     else return -1;
     return 0;
 }
