@@ -1,7 +1,7 @@
 """The engine's features over a latent (MLA) cache, on a tiny random DeepSeek-V3 saved by
 transformers: each attention backend (torch ops, the C++ decode kernel, the Triton kernels
 under TRITON_INTERPRET) gives transformers' greedy tokens; a quantized latent cache reads
-the same through torch ops and Triton; preemption, blocks evicted to host memory and sparse
+the same through each of them; preemption, blocks evicted to host memory and sparse
 prefill with a pattern that covers every key leave outputs as transformers gives them."""
 
 import pytest
@@ -62,13 +62,14 @@ def test_every_backend_equals_transformers(deepseek, expected, monkeypatch, back
     assert [out.token_ids for out in llm.generate(PROMPTS, greedy())] == expected
 
 
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
 @pytest.mark.parametrize("kv_cache_dtype", ["int8", "fp8"])
-def test_a_quantized_latent_cache_reads_the_same_through_torch_and_triton(
-    deepseek, monkeypatch, kv_cache_dtype
+def test_a_quantized_latent_cache_reads_the_same_through_every_backend(
+    deepseek, monkeypatch, kv_cache_dtype, backend
 ):
     monkeypatch.setenv(BACKEND_ENV, "torch")
     expected = engine(deepseek, kv_cache_dtype=kv_cache_dtype).generate(PROMPTS, greedy(0))
-    monkeypatch.setenv(BACKEND_ENV, "triton")
+    monkeypatch.setenv(BACKEND_ENV, backend)
     outputs = engine(deepseek, kv_cache_dtype=kv_cache_dtype).generate(PROMPTS, greedy(0))
     for ours, theirs in zip(outputs, expected, strict=True):
         assert ours.token_ids == theirs.token_ids

@@ -48,11 +48,12 @@ def cpu_store_kv(
     cache: LayerKVCache, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Store the new tokens' K/V ([tokens, kv_heads, head_dim]) in their cache slots, as
-    write_kv does; slot_mapping [tokens] int64 on the host."""
+    write_kv does; slot_mapping [tokens] int64 on the host. A latent cache's one tensor
+    is written once, from k."""
+    vectors = [k] if cache.shares_kv else [k, v]
     if cache.quantized:
-        rotated = torch.stack((k, v)).to(SCALE_DTYPE) @ rotation(k.shape[-1], k.device)
-        k, v = rotated[0], rotated[1]
-    k, v = (with_contiguous_heads(x.to(torch.float32)) for x in (k, v))
+        vectors = list(torch.stack(vectors).to(SCALE_DTYPE) @ rotation(k.shape[-1], k.device))
+    k, v = (with_contiguous_heads(x.to(torch.float32)) for x in (vectors[0], vectors[-1]))
     slots = slot_mapping.contiguous()
     status = kernel_library().tome_store_kv(
         k.data_ptr(),

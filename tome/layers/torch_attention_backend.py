@@ -65,13 +65,15 @@ def read_kv(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A context's K and V in the cache's compute dtype; `select` picks the context's slots
     out of a pool tensor (gather_kv or context_kv). A quantized cache dequantizes only the
-    slots selected: memory is bounded by the context read, never by the pool."""
+    slots selected: memory is bounded by the context read, never by the pool. A latent
+    cache's one tensor is read once and serves as both."""
     if not cache.quantized:
-        return select(cache.k), select(cache.v)
-    return (
-        dequantize_from_cache(select(cache.k), select(cache.k_scale), cache.read_dtype),
-        dequantize_from_cache(select(cache.v), select(cache.v_scale), cache.read_dtype),
-    )
+        keys = select(cache.k)
+        return keys, keys if cache.shares_kv else select(cache.v)
+    keys = dequantize_from_cache(select(cache.k), select(cache.k_scale), cache.read_dtype)
+    if cache.shares_kv:
+        return keys, keys
+    return keys, dequantize_from_cache(select(cache.v), select(cache.v_scale), cache.read_dtype)
 
 
 def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, length: int) -> torch.Tensor:
@@ -207,7 +209,11 @@ class TorchAttentionBackend:
             # As stored and read back, so outputs do not depend on how a prompt was chunked.
             dtype, stored = cache.compute_dtype, cache.k.dtype
             keys = round_trip(k[start:end].transpose(0, 1)[None], stored, dtype)
-            values = round_trip(v[start:end].transpose(0, 1)[None], stored, dtype)
+            values = (
+                keys
+                if cache.shares_kv
+                else round_trip(v[start:end].transpose(0, 1)[None], stored, dtype)
+            )
             # Contiguous heads: SDPA's CPU kernel runs 5% faster on them than on views of
             # the fused QKV rows, which costs a copy of 1% of its time (8,191 tokens).
             out = F.scaled_dot_product_attention(

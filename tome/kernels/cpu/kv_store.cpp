@@ -81,7 +81,9 @@ int tome_store_kv(const float* k, int64_t k_stride, const float* v, int64_t v_st
     for (int64_t t = 0; t < tokens; ++t) {
         if (slots[t] < 0) continue;
         store_token(k + t * k_stride, slots[t], heads, head_dim, kind, keys);
-        store_token(v + t * v_stride, slots[t], heads, head_dim, kind, values);
+        // A latent cache's one tensor is K and V: it is written once.
+        if (v_cache != k_cache)
+            store_token(v + t * v_stride, slots[t], heads, head_dim, kind, values);
     }
     return 0;
 }
