@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import Q4_K, dequantize
 
 from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
+from tome.layers.kv_quantization import quantize
 
 QUANTS = GGMLQuantizationType
 REPACKED_TYPES = frozenset({QUANTS.Q4_0, QUANTS.Q4_1, QUANTS.Q4_K, QUANTS.Q8_0, QUANTS.Q6_K})
@@ -89,11 +90,9 @@ _UNPACKERS = {QUANTS.Q4_0: _q4_0, QUANTS.Q4_1: _q4_1, QUANTS.Q8_0: _q8_0, QUANTS
 
 
 def _requantized_8_bit(weights: np.ndarray) -> BlockQuantizedWeight:
-    """Float weights [rows, k] as 8-bit blocks of 32: q = round(w / scale), scale = the
-    block's max abs / 127 (1 for an all-zero block)."""
+    """Float weights [rows, k] as 8-bit blocks of 32, quantized as the int8 KV cache
+    quantizes a row: q = round(w / scale), scale = the block's max abs / 127."""
     rows = weights.shape[0]
     blocks = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).view(rows, -1, 32)
-    scales = blocks.abs().amax(dim=-1) / 127.0
-    scales[scales == 0] = 1.0
-    codes = torch.round(blocks / scales[..., None]).to(torch.int8)
+    codes, scales = quantize(blocks, torch.int8)
     return BlockQuantizedWeight(8, codes.view(torch.uint8).reshape(rows, -1), scales, None)

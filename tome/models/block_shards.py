@@ -4,7 +4,7 @@ shards arrived in blocks (stacked per layout where they differ); otherwise they 
 expanded and copied into the float parameter like any other tensor."""
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -57,8 +57,7 @@ class BlockShards:
             elif whole and isinstance(module, nn.Embedding):
                 model.set_submodule(module_name, BlockQuantizedEmbedding(pack(parts[0])))
             else:
-                for name, weight in shards.values():
-                    copy_float(name, dequantize_transposed(pack(weight)).t())
+                _expand(shards.values(), copy_float)
 
     def _install_experts(
         self,
@@ -83,8 +82,7 @@ class BlockShards:
                 and len({weight.bits for _, weight in down.values()}) == 1
             )
             if not whole:
-                for name, weight in (*gate_up.values(), *down.values()):
-                    copy_float(name, dequantize_transposed(pack(weight)).t())
+                _expand([*gate_up.values(), *down.values()], copy_float)
                 continue
             experts = range(len(down))
             fused = [concatenate_rows([gate_up[2 * e][1], gate_up[2 * e + 1][1]]) for e in experts]
@@ -94,6 +92,15 @@ class BlockShards:
                     [pack(w) for w in fused], [pack(down[e][1]) for e in experts]
                 ),
             )
+
+
+def _expand(
+    shards: Iterable[tuple[str, BlockQuantizedWeight]],
+    copy_float: Callable[[str, torch.Tensor], None],
+) -> None:
+    """Each (checkpoint name, weight) expanded to float and handed to copy_float."""
+    for name, weight in shards:
+        copy_float(name, dequantize_transposed(pack(weight)).t())
 
 
 def _runs_of_one_layout(parts: list[BlockQuantizedWeight]) -> list[list[BlockQuantizedWeight]]:
