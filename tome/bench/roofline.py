@@ -19,7 +19,7 @@ import torch
 
 from tome.bench.device_peak import DevicePeak
 from tome.bench.results import RowKey
-from tome.engine.memory_plan import parameter_count
+from tome.engine.memory_plan import checkpoint_parameters
 from tome.layers.moe import FusedExperts
 from tome.layers.sparse_prefill import SparsePrefillConfig
 from tome.models.config import ModelConfig
@@ -39,10 +39,12 @@ class Cost:
 class LayerWeights:
     """The decoder layers' matrices, counted on the model built on the meta device: those
     every token multiplies by (attention, dense MLPs, routers, shared experts) and the
-    routed experts, of which a token uses `active` of `per_layer` in each MoE layer."""
+    routed experts, of which a token uses `active` of `per_layer` in each MoE layer; and
+    the checkpoint's parameters in all."""
 
     dense: int
     experts: int
+    checkpoint: int
     per_layer: int = 1
     active: int = 1
 
@@ -70,7 +72,8 @@ def layer_weights(config: ModelConfig) -> LayerWeights:
                 direct = module.parameters(recurse=False)
                 dense += sum(p.numel() for p in direct if p.dim() >= 2)
     active = getattr(config.hf_config, "num_experts_per_tok", None) or 1
-    return LayerWeights(dense, experts, per_layer, active if experts else 1)
+    checkpoint = checkpoint_parameters(model)
+    return LayerWeights(dense, experts, checkpoint, per_layer, active if experts else 1)
 
 
 def read_parameters(config: ModelConfig, weights: LayerWeights, tokens: int) -> float:
@@ -78,7 +81,7 @@ def read_parameters(config: ModelConfig, weights: LayerWeights, tokens: int) -> 
     and of a MoE model's routed experts only those some token picks."""
     untied_embedding = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
     unread = weights.experts - weights.experts_read(tokens)
-    return parameter_count(config) - untied_embedding - unread
+    return weights.checkpoint - untied_embedding - unread
 
 
 def attention_flops(config: ModelConfig, attended_pairs: int) -> int:

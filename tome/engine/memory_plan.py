@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from tome.engine.config import DTYPES, KV_CACHE_DTYPES
 from tome.engine.kv_cache import free_memory, kv_bytes_per_token
@@ -48,6 +49,11 @@ def parameter_count(config: ModelConfig) -> int:
     built on the meta device counts its own tensors (a tied head once)."""
     with torch.device("meta"):
         model = model_class(config)(config)
+    return checkpoint_parameters(model)
+
+
+def checkpoint_parameters(model: nn.Module) -> int:
+    """Parameters of the tensors a checkpoint holds for `model` (built anywhere, meta too)."""
     return sum(math.prod(shape) for shape in model.checkpoint_shapes().values())
 
 
