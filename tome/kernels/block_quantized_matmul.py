@@ -169,6 +169,7 @@ def _grouped_kernel(
     x: torch.Tensor, out: torch.Tensor, groups: list[tuple[int, int, PackedWeight]]
 ) -> None:
     count, k, n = len(groups), groups[0][2].k, groups[0][2].n
+    row_bytes_in, row_bytes_out = k * x.element_size(), n * out.element_size()
 
     def pointers(values: list) -> ctypes.Array:
         return (ctypes.c_void_p * count)(*values)
@@ -177,14 +178,14 @@ def _grouped_kernel(
     status = kernel_library().tome_block_quantized_grouped_matmul(
         KINDS[groups[0][2].bits],
         count,
-        pointers([x.data_ptr() + first * k * 4 for first, _, _ in groups]),
+        pointers([x.data_ptr() + first * row_bytes_in for first, _, _ in groups]),
         (ctypes.c_int64 * count)(*(rows for _, rows, _ in groups)),
         k,
         pointers([w.codes.data_ptr() for _, _, w in groups]),
         pointers([w.scales.data_ptr() for _, _, w in groups]),
         pointers([w.offsets.data_ptr() for _, _, w in groups]) if has_offsets else None,
         n,
-        pointers([out.data_ptr() + first * n * 4 for first, _, _ in groups]),
+        pointers([out.data_ptr() + first * row_bytes_out for first, _, _ in groups]),
     )
     _check(status, groups[0][2])
 

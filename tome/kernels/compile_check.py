@@ -158,8 +158,8 @@ def expert_kernel(capability: int) -> None:
             DOT=dot_dtype(dtype),
             PRECISION=dot_precision(dtype),
             BLOCK_M=triton_experts.BLOCK_M,
-            BLOCK_N=64,
-            BLOCK_K=32,
+            BLOCK_N=triton_experts.BLOCK_N,
+            BLOCK_K=triton_experts.BLOCK_K,
         )
         compile_kernel(triton_experts._grouped_matmul_kernel, pointers, constants, capability)
 

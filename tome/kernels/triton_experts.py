@@ -15,7 +15,8 @@ import triton.language as tl
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
 from tome.kernels.triton_layer_ops import rounded, silu_and_mul
 
-BLOCK_M = 16
+# Tiles: rows of a block (one expert's), output columns and reduction step of a program.
+BLOCK_M, BLOCK_N, BLOCK_K = 16, 64, 32
 
 
 @triton.jit
@@ -90,7 +91,7 @@ def grouped_matmul(
     where source is -1)."""
     experts, n, k = weight.shape
     out = torch.zeros(source.numel(), n, dtype=x.dtype, device=x.device)
-    grid = (block_expert.numel(), triton.cdiv(n, 64))
+    grid = (block_expert.numel(), triton.cdiv(n, BLOCK_N))
     _grouped_matmul_kernel[grid](
         x.contiguous(),
         source,
@@ -103,8 +104,8 @@ def grouped_matmul(
         DOT=dot_dtype(x.dtype),
         PRECISION=dot_precision(x.dtype),
         BLOCK_M=BLOCK_M,
-        BLOCK_N=64,
-        BLOCK_K=32,
+        BLOCK_N=BLOCK_N,
+        BLOCK_K=BLOCK_K,
     )
     return out
 
