@@ -43,39 +43,26 @@ def test_parameter_count_equals_transformers(kind):
     )
 
 
+MOE_SHAPE = dict(
+    vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2,
+)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "hf_config",
     [
         transformers.Qwen3MoeConfig(
-            vocab_size=1000,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            num_experts=6,
-            moe_intermediate_size=32,
-            head_dim=16,
+            **MOE_SHAPE, num_experts=6, moe_intermediate_size=32, head_dim=16
         ),
         transformers.Qwen2MoeConfig(
-            vocab_size=1000,
-            hidden_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **{**MOE_SHAPE, "num_hidden_layers": 3},
             num_experts=4,
             moe_intermediate_size=32,
             shared_expert_intermediate_size=48,
             mlp_only_layers=[1],
         ),
-        transformers.MixtralConfig(
-            vocab_size=1000,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            num_local_experts=5,
-        ),
+        transformers.MixtralConfig(**MOE_SHAPE, intermediate_size=96, num_local_experts=5),
     ],
     ids=["qwen3_moe", "qwen2_moe", "mixtral"],
 )

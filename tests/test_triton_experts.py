@@ -9,8 +9,8 @@ import torch
 from tests.conftest import KERNEL_DEVICE
 from tests.reference import load_reference
 from tests.test_engine_equality import assert_matches_reference, greedy_params, random_prompts
+from tests.test_kernels import engine
 from tests.test_moe_models import save_tiny_moe
-from tome import LLM
 from tome.layers.layer_kernels import LAYER_OPS_ENV
 from tome.layers.moe import FusedExperts, softmax_top_k
 
@@ -43,14 +43,7 @@ def test_the_engine_with_grouped_experts_equals_transformers(
 ):
     save_tiny_moe("qwen2_moe_shared", tmp_path, hf_tokenizer_dir)
     monkeypatch.setenv(LAYER_OPS_ENV, "triton")
-    llm = LLM(
-        str(tmp_path),
-        device=KERNEL_DEVICE,
-        dtype="float32",
-        kv_cache_memory=1 << 20,
-        max_num_batched_tokens=32,
-        max_num_seqs=4,
-    )
+    llm = engine(tmp_path)
     prompts = random_prompts([4, 37], seed=5)
     assert_matches_reference(
         load_reference(tmp_path), prompts, llm.generate(prompts, greedy_params())
