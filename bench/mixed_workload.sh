@@ -12,7 +12,8 @@
 #
 # Usage: bash bench/mixed_workload.sh OUT.md
 #   VLLM_PYTHON=/path/to/venv/bin/python (unset: vLLM is skipped), HF_DIR=/tmp/smol-hf,
-#   BEFORE_COMMIT=2ed2ca6, STEPS="before after vllm"
+#   BEFORE_COMMIT=2ed2ca6, STEPS="before after vllm", SERVE_ARGS="--prefill-min-share 0.05"
+#   (extra flags for the "after" server, to compare settings)
 set -euo pipefail
 OUT=${1:?usage: bench/mixed_workload.sh OUT.md}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,10 +64,10 @@ run_tome() {  # $1: label, $2: source tree
   pro=$("${tome[@]}" keys create --tier pro --config "$config" | tail -1)
   free=$("${tome[@]}" keys create --tier free --config "$config" | tail -1)
   (cd "$2" && exec "${tome[@]}" serve --port "$PORT" --config "$config" --served-model-name smol \
-    --log-level warning > "$WORK/$1.log" 2>&1) &
+    --log-level warning "${@:3}" > "$WORK/$1.log" 2>&1) &
   local pid=$!
   wait_ready
-  bench "$1: tome serve at $(git -C "$2" rev-parse --short HEAD)" --api-key "$free" --pro-api-key "$pro"
+  bench "$1: tome serve at $(git -C "$2" rev-parse --short HEAD) ${*:3}" --api-key "$free" --pro-api-key "$pro"
   stop "$pid"
 }
 
@@ -77,7 +78,8 @@ for step in $STEPS; do
       run_tome before "$WORK/before"
       git -C "$ROOT" worktree remove --force "$WORK/before"
       ;;
-    after) run_tome after "$ROOT" ;;
+    # shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
+    after) run_tome after "$ROOT" ${SERVE_ARGS:-} ;;
     vllm)
       [ -n "${VLLM_PYTHON:-}" ] || { echo "VLLM_PYTHON unset: vLLM skipped"; continue; }
       (cd "$WORK" && exec "$VLLM_PYTHON" -m vllm.entrypoints.openai.api_server --model "$HF_DIR" \

@@ -12,6 +12,7 @@ lowest-priority, newest running request is preempted: its blocks are freed and i
 recomputed later (its full blocks usually come back from the prefix cache)."""
 
 import bisect
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,7 +49,10 @@ class PrefillPolicy:
 
     max_num_partial_prefills: int = 4
     long_prefill_token_threshold: int = 2048
-    prefill_min_share: float = 0.125
+    # Small, because a question's step runs every long prompt at its share: 1/8 made that
+    # step (and the question's first token) several times longer, and the books no faster
+    # (BENCHMARKS.md, "Scheduling").
+    prefill_min_share: float = 1 / 32
 
 
 class Scheduler:
@@ -92,7 +96,7 @@ class Scheduler:
         # One dict of sequence -> tokens this step; preemption removes its victims from it.
         scheduled: dict[Sequence, int] = {}
         budget = self._schedule_decodes(scheduled, self.max_num_batched_tokens)
-        share = int(budget * self.policy.prefill_min_share)
+        share = math.ceil(budget * self.policy.prefill_min_share)  # >= 1 token unless 0
         budget = self._give_minimum_shares(scheduled, budget, share)
         self._schedule_prefills(scheduled, budget, share)
         entries = sorted(scheduled.items(), key=lambda entry: entry[1] != 1)
