@@ -7,6 +7,7 @@ import torch
 from tome.engine.scheduler import PrefillPolicy
 from tome.errors import InvalidRequestError
 from tome.layers.sparse_prefill import SparsePrefillConfig
+from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 from tome.models.rope_override import check_rope_override
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +64,13 @@ class EngineConfig:
     # CPU kernel runs them faster than float32 (float32 on a CPU with AVX-512), "dequantize"
     # expands them at load as transformers does. Outputs differ only by rounding in sums.
     gguf_weights: str = "auto"
+    # Quantize float weights as they load (WEIGHT_QUANTIZATIONS: int8, int4 in groups of
+    # 32/64/128, fp8 per channel or 128 x 128 blocks, mxfp4); weights a checkpoint or GGUF
+    # file already ships quantized stay as they are. Routers stay in float.
+    quantization: str | None = None
+    # With `quantization`, the embedding and the LM head quantize too (a 49k x 576 head is
+    # a fifth of SmolLM2's decode bytes); False keeps them in the model's dtype.
+    quantize_head: bool = True
     seed: int = 0
     show_progress: bool = False
     # On CUDA, decode steps replay CUDA graphs captured at start (tome/engine/cuda_graphs.py)
@@ -101,6 +109,10 @@ class EngineConfig:
             (
                 self.gguf_weights in ("auto", "dequantize"),
                 "gguf_weights must be auto or dequantize",
+            ),
+            (
+                self.quantization is None or self.quantization in WEIGHT_QUANTIZATIONS,
+                f"quantization must be one of {', '.join(WEIGHT_QUANTIZATIONS)}",
             ),
             *self._kv_tier_checks(),
         ]

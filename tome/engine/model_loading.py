@@ -13,9 +13,11 @@ from tome.engine.config import DTYPES, EngineConfig
 from tome.kernels import cpu_layer_ops
 from tome.kernels.block_quantized_matmul import runs_fast
 from tome.layers.transposed_linear import transpose_layer_linears
+from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
 from tome.loader.model_source import ModelSource
 from tome.models.config import ModelConfig
+from tome.models.quantize_on_load import quantize_on_load
 from tome.models.registry import model_class
 from tome.models.rope_override import apply_rope_override
 
@@ -30,11 +32,14 @@ class LoadedModel:
     source: ModelSource
     dtype: torch.dtype
     keeps_blocks: bool  # GGUF weights computed from their quantized blocks
+    quantization: str | None  # EngineConfig.quantization: float weights quantized at load
 
     @property
     def numerics(self) -> str:
         """What, besides the checkpoint, decides the values the model computes."""
-        return f"{self.dtype}|{'gguf blocks' if self.keeps_blocks else 'float weights'}"
+        weights = "gguf blocks" if self.keeps_blocks else "float weights"
+        quantized = f"|quantized to {self.quantization}" if self.quantization else ""
+        return f"{self.dtype}|{weights}{quantized}"
 
 
 def choose_dtype(requested: str, hf_config, device: torch.device) -> torch.dtype:
@@ -63,6 +68,9 @@ def load_model(config: EngineConfig) -> LoadedModel:
         weights = dummy_weights(model_config, model.checkpoint_shapes(), seed=config.seed)
     else:
         weights = iter_weights(source, model_config, keeps_blocks)
+    if config.quantization is not None:
+        scheme = WEIGHT_QUANTIZATIONS[config.quantization]
+        weights = quantize_on_load(model, weights, scheme, config.quantize_head)
     model.load_weights(
         _with_progress(weights, len(model.checkpoint_shapes()), config.show_progress), device
     )
@@ -73,7 +81,9 @@ def load_model(config: EngineConfig) -> LoadedModel:
     if device.type == "cpu":
         release_freed_memory()
     logger.info("loaded %s (%s, %s) on %s", source.name, model_config.architecture, dtype, device)
-    return LoadedModel(model, tokenizer, model_config, source, dtype, keeps_blocks)
+    return LoadedModel(
+        model, tokenizer, model_config, source, dtype, keeps_blocks, config.quantization
+    )
 
 
 def release_freed_memory() -> None:

@@ -15,6 +15,7 @@ import torch
 from tome.kernels.cpu_kernels import KernelSource, load_declared
 
 PANEL = 16
+BLOCK = 32  # weights under one scale (and offset), along k
 # Rows of activations at or above which expanding the weight once and letting BLAS
 # multiply beats expanding each block inside the kernel for every 8 rows. Over SmolLM2's
 # four layer shapes on a 2-core Xeon: kernel 2.1 ms against 2.7 at 64 rows, 4.3 against
@@ -30,7 +31,9 @@ class BlockQuantizedWeight:
     (rows can be stacked; `pack` readies it for the kernel).
 
     `codes` uint8 [n, k], one q a byte: 0-15 for 4 bits; for 8 bits the signed q as its
-    two's-complement byte, and no offsets. `scales` and `offsets` are float32 [n, k / 32]."""
+    two's-complement byte, usually without offsets (the kernel reads none: an 8-bit weight
+    with offsets is computed by expanding it). `scales` and `offsets` are float32
+    [n, k / 32]."""
 
     bits: int
     codes: torch.Tensor
@@ -40,6 +43,16 @@ class BlockQuantizedWeight:
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.codes.shape)
+
+
+def dequantize(weight: BlockQuantizedWeight) -> torch.Tensor:
+    """W as float32 [n, k], scale * q + offset, in torch: where the kernel is not built."""
+    n, k = weight.shape
+    codes = weight.codes.view(torch.int8) if weight.bits == 8 else weight.codes
+    w = codes.view(n, k // BLOCK, BLOCK).to(torch.float32) * weight.scales[..., None]
+    if weight.offsets is not None:
+        w += weight.offsets[..., None]
+    return w.view(n, k)
 
 
 def concatenate_rows(parts: list[BlockQuantizedWeight]) -> BlockQuantizedWeight:

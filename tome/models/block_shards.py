@@ -1,7 +1,9 @@
-"""Block-quantized checkpoint tensors gathered while a model loads, and put in place once
-all have come: a fused projection (q/k/v, gate/up) keeps its blocks when every one of its
-shards arrived in blocks (stacked per layout where they differ); otherwise they are
-expanded and copied into the float parameter like any other tensor."""
+"""Quantized checkpoint tensors (GGUF blocks, pre-quantized checkpoints, weights quantized
+as they load) gathered while a model loads, and put in place once all have come: a fused
+projection (q/k/v, gate/up) stays quantized when every one of its shards arrived quantized
+in one layout (on the block kernel, stacked per layout where they differ), computed by the
+layer quantized_linear chooses for the machine; otherwise its shards are expanded and
+copied into the float parameter like any other tensor."""
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -12,16 +14,20 @@ from torch import nn
 from tome.kernels.block_quantized_matmul import (
     BlockQuantizedWeight,
     concatenate_rows,
-    dequantize_transposed,
+    dequantize,
     pack,
 )
+from tome.kernels.float8_matmul import Float8Weight, concatenate_float8_rows, dequantize_float8
 from tome.layers.block_quantized_experts import BlockQuantizedExperts
-from tome.layers.block_quantized_linear import (
-    BlockQuantizedEmbedding,
-    BlockQuantizedLinear,
-    StackedBlockQuantizedLinear,
-)
+from tome.layers.block_quantized_linear import StackedBlockQuantizedLinear
 from tome.layers.moe import FusedExperts
+from tome.layers.quantized_linear import (
+    quantized_embedding,
+    quantized_linear,
+    uses_block_kernel,
+)
+
+QuantizedWeight = BlockQuantizedWeight | Float8Weight
 
 
 class BlockShards:
@@ -29,7 +35,7 @@ class BlockShards:
         # Target parameter name -> shard index -> (checkpoint name, weight).
         self._pending: dict[str, dict[int, tuple[str, BlockQuantizedWeight]]] = defaultdict(dict)
 
-    def add(self, target: str, shard: int, name: str, weight: BlockQuantizedWeight) -> None:
+    def add(self, target: str, shard: int, name: str, weight: QuantizedWeight) -> None:
         self._pending[target][shard] = (name, weight)
 
     def install(
@@ -37,25 +43,26 @@ class BlockShards:
         model: nn.Module,
         shard_count: Callable[[str], int],
         copy_float: Callable[[str, torch.Tensor], None],
+        device: torch.device,
     ) -> None:
-        """Swap each fully block-quantized Linear, Embedding or layer of experts for its
-        block-quantized twin; hand the rest, expanded, to `copy_float(checkpoint name,
-        tensor)`."""
-        self._install_experts(model, shard_count, copy_float)
+        """Swap each fully quantized Linear, Embedding or layer of experts for its quantized
+        twin; hand the rest, expanded, to `copy_float(checkpoint name, tensor)`."""
+        self._install_experts(model, shard_count, copy_float, device)
         for target, shards in self._pending.items():
             module_name = target.removesuffix(".weight")
             module = model.get_submodule(module_name)
             parts = [weight for _, weight in (shards[i] for i in sorted(shards))]
             complete = len(parts) == shard_count(target)
-            whole = complete and len({p.bits for p in parts}) == 1
-            if whole and isinstance(module, nn.Linear):
-                packed = pack(concatenate_rows(parts))
-                model.set_submodule(module_name, BlockQuantizedLinear(packed, module.bias))
-            elif complete and isinstance(module, nn.Linear):
-                stacked = [pack(concatenate_rows(run)) for run in _runs_of_one_layout(parts)]
+            runs = _runs_of_one_layout(parts)
+            dtype = module.weight.dtype
+            if complete and isinstance(module, nn.Linear) and len(runs) == 1:
+                layer = quantized_linear(_concatenate(parts), module.bias, dtype, device)
+                model.set_submodule(module_name, layer)
+            elif complete and isinstance(module, nn.Linear) and _kernel_stacks(runs, dtype, device):
+                stacked = [pack(concatenate_rows(run)) for run in runs]
                 model.set_submodule(module_name, StackedBlockQuantizedLinear(stacked, module.bias))
-            elif whole and isinstance(module, nn.Embedding):
-                model.set_submodule(module_name, BlockQuantizedEmbedding(pack(parts[0])))
+            elif complete and isinstance(module, nn.Embedding) and len(parts) == 1:
+                model.set_submodule(module_name, quantized_embedding(parts[0], dtype, device))
             else:
                 _expand(shards.values(), copy_float)
 
@@ -64,12 +71,15 @@ class BlockShards:
         model: nn.Module,
         shard_count: Callable[[str], int],
         copy_float: Callable[[str, torch.Tensor], None],
+        device: torch.device,
     ) -> None:
         """Layers of experts, whose gate_up_proj (shards 2e, 2e + 1: expert e's gate and
-        up) and down_proj (shard e) must both have come whole in blocks."""
+        up) and down_proj (shard e) must both have come whole in blocks the block kernel
+        reads; elsewhere experts are expanded to float."""
         owners = {t.rsplit(".", 1)[0] for t in self._pending}
         for owner in owners:
-            if not isinstance(model.get_submodule(owner), FusedExperts):
+            layer = model.get_submodule(owner)
+            if not isinstance(layer, FusedExperts):
                 continue
             gate_up = self._pending.pop(f"{owner}.gate_up_proj", {})
             down = self._pending.pop(f"{owner}.down_proj", {})
@@ -78,8 +88,9 @@ class BlockShards:
             whole = (
                 len(gate_up) == shard_count(f"{owner}.gate_up_proj")
                 and len(down) == shard_count(f"{owner}.down_proj")
-                and len({weight.bits for _, weight in gate_up.values()}) == 1
-                and len({weight.bits for _, weight in down.values()}) == 1
+                and uses_block_kernel(layer.down_proj.dtype, device)
+                and _one_kernel_layout([weight for _, weight in gate_up.values()])
+                and _one_kernel_layout([weight for _, weight in down.values()])
             )
             if not whole:
                 _expand([*gate_up.values(), *down.values()], copy_float)
@@ -95,19 +106,52 @@ class BlockShards:
 
 
 def _expand(
-    shards: Iterable[tuple[str, BlockQuantizedWeight]],
+    shards: Iterable[tuple[str, QuantizedWeight]],
     copy_float: Callable[[str, torch.Tensor], None],
 ) -> None:
     """Each (checkpoint name, weight) expanded to float and handed to copy_float."""
     for name, weight in shards:
-        copy_float(name, dequantize_transposed(pack(weight)).t())
+        if isinstance(weight, Float8Weight):
+            copy_float(name, dequantize_float8(weight, torch.float32))
+        else:
+            copy_float(name, dequantize(weight))
 
 
-def _runs_of_one_layout(parts: list[BlockQuantizedWeight]) -> list[list[BlockQuantizedWeight]]:
+def _layout(weight: QuantizedWeight) -> tuple:
+    """What parts must share to be stacked into one weight."""
+    if isinstance(weight, Float8Weight):
+        return ("fp8", weight.block_k)
+    return ("blocks", weight.bits, weight.offsets is None)
+
+
+def _concatenate(parts: list[QuantizedWeight]) -> QuantizedWeight:
+    if isinstance(parts[0], Float8Weight):
+        return concatenate_float8_rows(parts)
+    return concatenate_rows(parts)
+
+
+def _reads_on_kernel(weight: QuantizedWeight) -> bool:
+    """Whether the block kernel reads this weight as it is (it has no 8-bit offsets)."""
+    return isinstance(weight, BlockQuantizedWeight) and (weight.bits == 4 or weight.offsets is None)
+
+
+def _one_kernel_layout(parts: list[QuantizedWeight]) -> bool:
+    return len({_layout(p) for p in parts}) == 1 and all(map(_reads_on_kernel, parts))
+
+
+def _kernel_stacks(
+    runs: list[list[QuantizedWeight]], dtype: torch.dtype, device: torch.device
+) -> bool:
+    """Whether parts in several layouts can be stacked on the block kernel."""
+    parts = [part for run in runs for part in run]
+    return uses_block_kernel(dtype, device) and all(map(_reads_on_kernel, parts))
+
+
+def _runs_of_one_layout(parts: list[QuantizedWeight]) -> list[list[QuantizedWeight]]:
     """Consecutive parts grouped while they share a layout."""
-    runs: list[list[BlockQuantizedWeight]] = []
+    runs: list[list[QuantizedWeight]] = []
     for part in parts:
-        if runs and runs[-1][0].bits == part.bits:
+        if runs and _layout(runs[-1][0]) == _layout(part):
             runs[-1].append(part)
         else:
             runs.append([part])

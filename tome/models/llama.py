@@ -11,10 +11,12 @@ from torch import nn
 
 from tome.errors import ModelLoadError
 from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
+from tome.kernels.float8_matmul import Float8Weight
 from tome.layers.activation import silu_and_mul
 from tome.layers.attention import Attention
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
+from tome.layers.quantized_linear import DequantizingEmbedding, quantized_linear
 from tome.layers.rmsnorm import RMSNorm
 from tome.layers.rotary import RotaryEmbedding, apply_rotary
 from tome.models.block_shards import BlockShards
@@ -201,7 +203,7 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name not in expected:
                 raise ModelLoadError(f"checkpoint has an unexpected tensor {name!r}")
-            if isinstance(tensor, BlockQuantizedWeight):
+            if isinstance(tensor, BlockQuantizedWeight | Float8Weight):
                 _check_shape(name, tensor.shape, expected[name])
                 blocks.add(*self._target(name), name, tensor)
             else:
@@ -211,7 +213,10 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {min(missing)!r}")
         blocks.install(
-            self, self._shard_count, lambda name, t: self._load_one(params, name, t, device)
+            self,
+            self._shard_count,
+            lambda name, t: self._load_one(params, name, t, device),
+            device,
         )
         self._tie_head()
         unfilled = [name for name, t in self.named_parameters() if t.is_meta]
@@ -228,6 +233,9 @@ class LlamaForCausalLM(nn.Module):
         embedding = self.model.embed_tokens
         if isinstance(embedding, BlockQuantizedEmbedding):
             self.lm_head = BlockQuantizedLinear(embedding.weight, None)
+        elif isinstance(embedding, DequantizingEmbedding):
+            weight = embedding.weight
+            self.lm_head = quantized_linear(weight, None, embedding.dtype, _device_of(weight))
         else:
             self.lm_head.weight = embedding.weight
 
@@ -282,6 +290,10 @@ def _target(name: str) -> tuple[str, int]:
 
 def _fused_name(target: str) -> str | None:
     return next((fused for fused, _ in PACKED_SHARDS.values() if f".{fused}." in target), None)
+
+
+def _device_of(weight: BlockQuantizedWeight | Float8Weight) -> torch.device:
+    return weight.scales.device
 
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:

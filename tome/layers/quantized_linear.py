@@ -1,0 +1,158 @@
+"""Linear layers and embeddings over quantized weights, and the choice among them.
+
+A weight in 4- or 8-bit blocks (BlockQuantizedWeight) is computed by the fastest product
+this machine has for the model's dtype. Measured on a 2-core AVX-512 Xeon at batch 1
+(BENCHMARKS.md, "Quantized weights"), over SmolLM2's layer shapes:
+- float32 activations: Tome's block kernel (50-85 us a layer) beats float32 BLAS by 1.3-3x,
+  while torch's int4/int8 weight-only products take 0.8-3 ms in float32;
+- bfloat16 activations: torch's `_weight_int4pack_mm_for_cpu` and `_weight_int8pack_mm`
+  (oneDNN-era kernels with AVX-512 and AVX2 paths) run as fast as the block kernel.
+Elsewhere (a CPU without the block kernel in float32, CUDA until its Triton kernels come)
+the weight is expanded for each call: it stays quantized in memory, at a cost in speed.
+An FP8 weight is expanded for each call on every device."""
+
+import torch
+from torch import nn
+
+from tome.kernels.block_quantized_matmul import (
+    BlockQuantizedWeight,
+    dequantize,
+    pack,
+    runs_fast,
+)
+from tome.kernels.float8_matmul import Float8Weight, dequantize_float8, float8_matmul
+from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQuantizedLinear
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+# torch's int4 product takes the weight in tiles of this many k-steps of 16.
+INT4_INNER_K_TILES = 2
+
+
+def uses_block_kernel(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether block-quantized weights run on Tome's block kernel here."""
+    return device.type == "cpu" and dtype == torch.float32 and runs_fast()
+
+
+def quantized_linear(
+    weight: BlockQuantizedWeight | Float8Weight,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> nn.Module:
+    """The layer computing x @ W^T + bias for the model's dtype on `device`."""
+    if isinstance(weight, Float8Weight):
+        return Float8Linear(_to(weight, device), bias)
+    kernel_reads_it = weight.bits == 4 or weight.offsets is None
+    if uses_block_kernel(dtype, device) and kernel_reads_it:
+        return BlockQuantizedLinear(pack(weight), bias)
+    if device.type == "cpu" and dtype in HALF_DTYPES:
+        if weight.bits == 4:
+            return Int4PackedLinear(weight, bias, dtype)
+        if weight.offsets is None and _one_scale_per_row(weight):
+            return Int8PackedLinear(weight, bias, dtype)
+    return DequantizingLinear(_to(weight, device), bias)
+
+
+def quantized_embedding(
+    weight: BlockQuantizedWeight | Float8Weight, dtype: torch.dtype, device: torch.device
+) -> nn.Module:
+    """The lookup of rows of W; the block kernel's where it runs."""
+    kernel_reads_it = isinstance(weight, BlockQuantizedWeight) and (
+        weight.bits == 4 or weight.offsets is None
+    )
+    if kernel_reads_it and uses_block_kernel(dtype, device):
+        return BlockQuantizedEmbedding(pack(weight))
+    return DequantizingEmbedding(_to(weight, device), dtype)
+
+
+class DequantizingLinear(nn.Module):
+    """W expanded to the activations' dtype for each call, then one matrix product."""
+
+    def __init__(self, weight: BlockQuantizedWeight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x @ dequantize(self.weight).to(x.dtype).t()
+        return out if self.bias is None else out + self.bias
+
+
+class Float8Linear(nn.Module):
+    def __init__(self, weight: Float8Weight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = float8_matmul(x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
+class DequantizingEmbedding(nn.Module):
+    """Rows of a quantized W, expanded as they are looked up."""
+
+    def __init__(self, weight: BlockQuantizedWeight | Float8Weight, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight, self.dtype = weight, dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return _rows(self.weight, ids.reshape(-1)).to(self.dtype).view(*ids.shape, -1)
+
+
+class Int4PackedLinear(nn.Module):
+    """torch's int4 weight-only product, w = (q - 8) * scale + zero per group of 32: our
+    w = scale * q + offset with zero = offset + 8 * scale."""
+
+    def __init__(self, weight: BlockQuantizedWeight, bias: torch.Tensor | None, dtype) -> None:
+        super().__init__()
+        self.n = weight.shape[0]
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            weight.codes.to(torch.int32), INT4_INNER_K_TILES
+        )
+        zeros = weight.offsets + 8 * weight.scales
+        self.scales_and_zeros = torch.stack([weight.scales.t(), zeros.t()], dim=-1).to(dtype)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            rows, self.packed, 32, self.scales_and_zeros
+        ).view(*x.shape[:-1], self.n)
+        return out if self.bias is None else out + self.bias
+
+
+class Int8PackedLinear(nn.Module):
+    """torch's int8 weight-only product, one scale per output row."""
+
+    def __init__(self, weight: BlockQuantizedWeight, bias: torch.Tensor | None, dtype) -> None:
+        super().__init__()
+        self.codes = weight.codes.view(torch.int8)
+        self.scales = weight.scales[:, 0].to(dtype)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.ops.aten._weight_int8pack_mm(rows, self.codes, self.scales)
+        out = out.view(*x.shape[:-1], self.codes.shape[0])
+        return out if self.bias is None else out + self.bias
+
+
+def _one_scale_per_row(weight: BlockQuantizedWeight) -> bool:
+    return bool((weight.scales == weight.scales[:, :1]).all())
+
+
+def _rows(weight: BlockQuantizedWeight | Float8Weight, index: torch.Tensor) -> torch.Tensor:
+    if isinstance(weight, Float8Weight):
+        return dequantize_float8(
+            Float8Weight(weight.values[index], weight.scales[index], weight.block_k),
+            torch.float32,
+        )
+    offsets = None if weight.offsets is None else weight.offsets[index]
+    picked = BlockQuantizedWeight(weight.bits, weight.codes[index], weight.scales[index], offsets)
+    return dequantize(picked)
+
+
+def _to(weight, device: torch.device):
+    """A quantized weight with its tensors moved to `device`."""
+    fields = {name: getattr(weight, name) for name in weight.__dataclass_fields__}
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in fields.items()}
+    return type(weight)(**moved)

@@ -1,0 +1,49 @@
+"""`quantization=...`: a model's float checkpoint tensors quantized as they stream in, one
+at a time, so the model never holds their float copy. The quantized weights then take the
+path GGUF blocks take (BlockShards): a fused projection is put together from its quantized
+shards and computed by the layer quantized_linear chooses for the machine."""
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from tome.layers.moe import FusedExperts
+from tome.layers.weight_quantization import WeightQuantization
+
+# Routers pick experts by comparing scores: quantizing them would change which experts run
+# (vLLM keeps them in float too). They are small.
+ROUTERS = frozenset({"gate", "shared_expert_gate"})
+HEAD_MODULES = frozenset({"lm_head", "model.embed_tokens"})
+
+
+def quantize_on_load(
+    model: nn.Module,
+    weights: Iterable[tuple[str, Any]],
+    quantization: WeightQuantization,
+    quantize_head: bool,
+) -> Iterator[tuple[str, Any]]:
+    """The checkpoint's (name, tensor) pairs with every float weight of a linear layer, a
+    layer of experts and (with quantize_head) the embedding and head quantized."""
+    for name, tensor in weights:
+        quantizes = isinstance(tensor, torch.Tensor) and _quantizes(model, name, quantize_head)
+        if quantizes and tensor.dim() == 2 and tensor.shape[1] % quantization.input_multiple == 0:
+            yield name, quantization.quantize(tensor)
+        else:
+            yield name, tensor
+
+
+def _quantizes(model: nn.Module, name: str, quantize_head: bool) -> bool:
+    target, _ = model._target(name)
+    module_name, attribute = target.rsplit(".", 1)
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:  # a tensor the model skips, such as DeepSeek-V3's MTP layer
+        return False
+    if module_name in HEAD_MODULES:
+        return quantize_head and attribute == "weight"
+    if isinstance(module, FusedExperts):
+        return True
+    is_router = module_name.rsplit(".", 1)[-1] in ROUTERS
+    return isinstance(module, nn.Linear) and attribute == "weight" and not is_router
