@@ -22,6 +22,20 @@ def iter_safetensors_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]
     return _read_tensors(_weight_files(folder))
 
 
+def safetensors_tensor_names(folder: Path) -> list[str]:
+    """Every tensor name in the checkpoint, from the files' headers alone."""
+    names = []
+    for file in _weight_files(folder):
+        try:
+            with safe_open(file, framework="pt") as reader:
+                names.extend(reader.keys())
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(
+                f"{file.name} is not a readable safetensors file: {one_line(exc)}"
+            ) from exc
+    return names
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / INDEX_FILE
     if index.is_file():

@@ -7,7 +7,8 @@ import torch
 from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
 from tome.loader.gguf_weights import iter_gguf_weights
 from tome.loader.model_source import ModelSource
-from tome.loader.safetensors_weights import iter_safetensors_weights
+from tome.loader.quantized_checkpoint import checkpoint_format, decode_quantized
+from tome.loader.safetensors_weights import iter_safetensors_weights, safetensors_tensor_names
 from tome.models.config import ModelConfig
 
 
@@ -16,13 +17,18 @@ def iter_weights(
 ) -> Iterator[tuple[str, torch.Tensor | BlockQuantizedWeight]]:
     """(HF parameter name, tensor) pairs, one tensor in memory at a time.
 
-    Safetensors keep their stored dtype; GGUF tensors are dequantized to float32, or with
+    Safetensors keep their stored dtype, but a pre-quantized checkpoint's layers come
+    decoded (quantized_checkpoint.py); GGUF tensors are dequantized to float32, or with
     `keep_blocks` the types the CPU kernel reads stay in their blocks. The model casts and
     fuses as it copies them in. Files are checked before this returns."""
     if source.kind == "gguf":
         weights = iter_gguf_weights(source.path, config, keep_blocks)
     else:
         weights = iter_safetensors_weights(source.path)
+        checkpoint = checkpoint_format(config.hf_config)
+        if checkpoint is not None:
+            names = safetensors_tensor_names(source.path)
+            weights = decode_quantized(weights, names, checkpoint)
     return ((name, tensor) for name, tensor in weights if _needed(name, config))
 
 
