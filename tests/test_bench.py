@@ -3,6 +3,7 @@ has a row for every measurement. No timing assertions: only that the numbers exi
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,13 @@ def test_report_marks_targets_met_and_missed():
     assert rows["peak RSS (MiB)"][1:] == ("1,024", "2,048", "0.50x", "")
 
 
+def test_report_title_names_the_weight_quantization():
+    report = synthetic_report(None)
+    assert "quantized" not in report.title
+    report.model = replace(report.model, quantization="int4-g64", quantize_head=False)
+    assert "ours quantized to int4-g64 but the embedding and LM head" in report.title
+
+
 def test_report_without_transformers():
     rows = synthetic_report(None).rows()
     assert all(row[2] == "-" and row[3] == "-" for row in rows)
@@ -111,6 +119,7 @@ def test_report_without_transformers():
         (["--prefill-repeats", "0"], "--prefill-repeats must be >= 1"),
         (["--model", "x", "--dummy", "y"], "give --model or --dummy, not both"),
         (["--gguf-weights", "q4"], "gguf_weights must be auto or dequantize"),
+        (["--quantization", "int3"], "quantization must be one of int8, int4"),
     ],
 )
 def test_bad_flags_are_one_line_errors(args, message):

@@ -80,6 +80,7 @@ def test_run_raw_sends_the_prompt_without_template(runner, tiny_llama, hf_tokeni
         ["--top-p", "0"],
         ["--max-tokens", "0"],
         ["--max-model-len", "5000"],  # beyond the 1024 window: a long message, one line
+        ["--quantization", "int3"],
     ],
 )
 def test_bad_flags_give_one_error_line(runner, tiny_llama, bad):
@@ -99,6 +100,49 @@ def test_bad_flags_give_one_error_line(runner, tiny_llama, bad):
 def test_bad_scheduling_flags_of_serve_give_one_error_line(runner, tiny_llama, bad):
     result = runner.invoke(app, ["serve", str(tiny_llama), *SMALL_KV, *bad])
     assert_one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "Hello", "--model"],
+        ["chat", "--model"],
+        ["serve"],
+        ["eval", "run", "--model"],
+        ["eval", "ppl", "--model"],
+        ["bench", "context", "--model"],
+        ["bench", "assistant", "--model"],
+    ],
+)
+def test_every_model_command_refuses_a_bad_quantization_in_one_line(runner, tiny_llama, command):
+    result = runner.invoke(app, [*command, str(tiny_llama), *SMALL_KV, "--quantization", "int3"])
+    assert_one_error_line(result)
+    assert "quantization must be one of int8, int4, int4-g64" in result.stderr
+
+
+def test_quantization_flags_reach_the_engine_config(runner, tiny_llama, monkeypatch):
+    configs = []
+    monkeypatch.setattr("tome.server.serve.serve", lambda engine, server: configs.append(engine))
+    args = ["serve", str(tiny_llama), "--quantization", "int4-g64", "--no-quantize-head"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["serve", str(tiny_llama)]).exit_code == 0
+    assert [(c.quantization, c.quantize_head) for c in configs] == [
+        ("int4-g64", False),
+        (None, True),
+    ]
+
+
+def test_quantization_help_lists_the_schemes(runner):
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert "--quantization" in result.output and "--no-quantize-head" in result.output
+    assert "int8, int4, int4-g64, int4-g128, fp8, fp8-block, mxfp4" in result.output
+
+
+def test_run_answers_with_int8_weights(runner, tiny_llama):
+    args = ["run", "Hello", "--model", str(tiny_llama), "--max-tokens", "3", *SMALL_KV]
+    result = runner.invoke(app, [*args, "--quantization", "int8"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()
 
 
 def test_missing_model_gives_one_error_line(runner, tmp_path):

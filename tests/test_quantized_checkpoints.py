@@ -115,6 +115,7 @@ def test_quantized_checkpoint_equals_transformers_on_the_weights_it_defines(
     prompt = list(range(11, 50))
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     assert llm.generate(prompt, params)[0].token_ids == reference_greedy(reference, prompt, 8)[0]
+    assert llm.engine.weight_quantization == kind  # what /v1/models reports
     attention = llm.engine.runner.model.model.layers[0].self_attn
     # Act-order layers are expanded to float; the others stay quantized.
     is_float = isinstance(attention.qkv_proj, torch.nn.Linear | TransposedLinear)

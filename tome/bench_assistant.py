@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tome.cli_options import DtypeOption, KVMemoryOption, ModelOption, engine_config
+from tome.cli_options import (
+    DtypeOption,
+    KVMemoryOption,
+    ModelOption,
+    QuantizationOption,
+    QuantizeHeadOption,
+    engine_config,
+)
 from tome.errors import InvalidRequestError, TomeError
 
 console = Console()
@@ -19,6 +26,8 @@ def bench_assistant(
     model: ModelOption = None,
     dtype: DtypeOption = "auto",
     kv_cache_memory: KVMemoryOption = None,
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
     pdf_pages: Annotated[int, typer.Option(help="Pages of each PDF (English, Chinese).")] = 300,
     epub_mb: Annotated[float, typer.Option(help="Size of the EPUB file in MB.")] = 1.0,
     chinese_chars: Annotated[
@@ -55,10 +64,17 @@ def bench_assistant(
     }
     try:
         _check_sizes(pdf_pages, epub_mb, chinese_chars, document_tokens, answer_tokens)
+        config = engine_config(  # checked before the slow extraction
+            model,
+            dtype,
+            None,
+            kv_cache_memory,
+            quantization=quantization,
+            quantize_head=quantize_head,
+        )
         with console.status("extracting the PDFs and the EPUB"):
             rows = extraction_rows(run_extraction(pdf_pages, epub_mb))
         with console.status("loading the model"):
-            config = engine_config(model, dtype, None, kv_cache_memory)
             batch = max(document_tokens + 1024, 8192)  # each prompt prefilled in one step
             llm = LLM(**{**vars(config), "max_num_batched_tokens": batch})
         with console.status(f"chunking, indexing and searching {chinese_chars:,} characters"):

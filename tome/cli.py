@@ -18,6 +18,8 @@ from tome.cli_options import (
     MaxModelLenOption,
     MaxTokensOption,
     ModelOption,
+    QuantizationOption,
+    QuantizeHeadOption,
     RopeScalingOption,
     SeedOption,
     SparsePrefillOption,
@@ -74,6 +76,8 @@ def run(
     max_model_len: MaxModelLenOption = None,
     kv_cache_memory: KVMemoryOption = None,
     kv_cache_dtype: KVDtypeOption = "auto",
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
@@ -95,6 +99,8 @@ def run(
             rope_scaling,
             kv_cache_dtype,
             sparse_prefill,
+            quantization,
+            quantize_head,
         )
         engine = Engine(config)
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -118,6 +124,8 @@ def chat(
     max_model_len: MaxModelLenOption = None,
     kv_cache_memory: KVMemoryOption = None,
     kv_cache_dtype: KVDtypeOption = "auto",
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
     rope_scaling: RopeScalingOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
     files: Annotated[
@@ -142,7 +150,14 @@ def chat(
         sources = reading_sources(files or [], urls or [], system)
         embedder = reading_embedder(embedding_model, sources)
         config = engine_config(
-            model, dtype, max_model_len, kv_cache_memory, rope_scaling, kv_cache_dtype
+            model,
+            dtype,
+            max_model_len,
+            kv_cache_memory,
+            rope_scaling,
+            kv_cache_dtype,
+            quantization=quantization,
+            quantize_head=quantize_head,
         )
         engine = Engine(config)
         if sources:
@@ -163,6 +178,8 @@ def bench(
     dtype: DtypeOption = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     kv_cache_dtype: KVDtypeOption = "auto",
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     prefill_lengths: Annotated[str, typer.Option(help="Prompt lengths.")] = "512,2048,8192",
@@ -212,6 +229,8 @@ def bench(
             dtype=dtype,
             device=device,
             kv_cache_dtype=kv_cache_dtype,
+            quantization=quantization,
+            quantize_head=quantize_head,
             rope_scaling=parse_rope_scaling(rope_scaling),
             sparse_prefill=parse_sparse_prefill(sparse_prefill),
             prefill_lengths=parse_int_list(prefill_lengths, "--prefill-lengths"),
@@ -237,13 +256,22 @@ def bench_context(
     dtype: DtypeOption = "auto",
     document_tokens: Annotated[int, typer.Option(help="Tokens of the document.")] = 8000,
     kv_cache_memory: KVMemoryOption = None,
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
 ) -> None:
     """Time to first token for a second question on an already-read document."""
     from tome import LLM
     from tome.bench.context_reuse import print_context_reuse, run_context_reuse
 
     try:
-        config = engine_config(model, dtype, None, kv_cache_memory)
+        config = engine_config(
+            model,
+            dtype,
+            None,
+            kv_cache_memory,
+            quantization=quantization,
+            quantize_head=quantize_head,
+        )
         llm = LLM(**{**vars(config), "max_num_batched_tokens": max(document_tokens, 8192)})
         console.print(f"[bold]tome bench context[/]: {document_tokens}-token document")
         print_context_reuse(run_context_reuse(llm, document_tokens), console)

@@ -11,6 +11,7 @@ from tome.engine.config import EngineConfig
 from tome.engine.sampling_params import SamplingParams
 from tome.errors import InvalidRequestError
 from tome.layers.sparse_prefill import SparsePrefillConfig
+from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 
 ModelOption = Annotated[
     str | None,
@@ -59,6 +60,17 @@ DiskKVDirOption = Annotated[
 DiskKVMemoryOption = Annotated[str, typer.Option(help="Bound on the disk tier, e.g. 100GiB.")]
 KVDtypeOption = Annotated[
     str, typer.Option(help="KV cache dtype: auto, float32, bfloat16, float16, int8 or fp8.")
+]
+QuantizationOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Quantize float weights as they load: {', '.join(WEIGHT_QUANTIZATIONS)} "
+        "(default: none; a pre-quantized checkpoint keeps its own)."
+    ),
+]
+QuantizeHeadOption = Annotated[
+    bool,
+    typer.Option(help="With --quantization, quantize the embedding and LM head too."),
 ]
 
 _UNITS = {
@@ -138,6 +150,8 @@ def engine_config(
     rope_scaling: str | None = None,
     kv_cache_dtype: str = "auto",
     sparse_prefill: str | None = None,
+    quantization: str | None = None,
+    quantize_head: bool = True,
 ) -> EngineConfig:
     return EngineConfig(
         model=model,
@@ -147,6 +161,8 @@ def engine_config(
         kv_cache_dtype=kv_cache_dtype,
         rope_scaling=parse_rope_scaling(rope_scaling),
         sparse_prefill=parse_sparse_prefill(sparse_prefill),
+        quantization=quantization,
+        quantize_head=quantize_head,
         show_progress=True,
     )
 

@@ -18,6 +18,8 @@ class BenchConfig:
     dtype: str = "auto"
     device: str = "auto"
     kv_cache_dtype: str = "auto"  # our engine's KV cache; transformers keeps its own
+    quantization: str | None = None  # ours only: EngineConfig.quantization
+    quantize_head: bool = True  # ours only: EngineConfig.quantize_head
     rope_scaling: dict | None = None  # EngineConfig.rope_scaling, put on both sides
     sparse_prefill: SparsePrefillConfig | None = None  # ours only: transformers is dense
     prefill_lengths: tuple[int, ...] = (512, 2048, 8192)
@@ -72,6 +74,7 @@ class BenchConfig:
             dtype=self.dtype,
             device=self.device,
             kv_cache_dtype=self.kv_cache_dtype,
+            quantization=self.quantization,
             rope_scaling=self.rope_scaling,
             gguf_weights=self.gguf_weights,
         )

@@ -25,6 +25,8 @@ def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
         dtype=model.dtype,
         device=model.device,
         kv_cache_dtype=model.kv_cache_dtype,
+        quantization=model.quantization,
+        quantize_head=model.quantize_head,
         rope_scaling=model.rope_scaling,
         sparse_prefill=model.sparse_prefill,
         load_format="dummy" if model.dummy else "auto",

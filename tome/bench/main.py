@@ -108,6 +108,8 @@ def _model_spec(config: BenchConfig, source: ModelSource, hf_config: PretrainedC
         dtype=dtype_name,
         device=device.type,
         kv_cache_dtype=config.kv_cache_dtype,
+        quantization=config.quantization,
+        quantize_head=config.quantize_head,
         rope_scaling=config.rope_scaling,
         sparse_prefill=config.sparse_prefill,
         prefill_chunk=config.prefill_chunk,

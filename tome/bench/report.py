@@ -35,6 +35,9 @@ class Report:
         weights = "random weights" if self.model.dummy else "weights from the file"
         if not self.model.dummy and self.model.source.kind == "gguf":
             weights += f", ours with gguf_weights={self.model.gguf_weights}"
+        if self.model.quantization:
+            head = "" if self.model.quantize_head else " but the embedding and LM head"
+            weights += f", ours quantized to {self.model.quantization}{head}"
         sparse = ", sparse prefill" if self.model.sparse_prefill else ""
         device = self.model.device
         if device == "cpu":

@@ -18,6 +18,8 @@ class ModelSpec:
     dtype: str  # a key of DTYPES, never "auto"
     device: str  # "cpu" or "cuda"
     kv_cache_dtype: str = "auto"  # our engine's (EngineConfig.kv_cache_dtype)
+    quantization: str | None = None  # ours only: EngineConfig.quantization
+    quantize_head: bool = True  # ours only: EngineConfig.quantize_head
     rope_scaling: dict | None = None  # EngineConfig.rope_scaling, put on both sides
     sparse_prefill: SparsePrefillConfig | None = None  # ours only
     prefill_chunk: int | None = None  # ours only: most prompt tokens a step; None: whole prompts

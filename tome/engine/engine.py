@@ -39,6 +39,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.model_config = loaded.config
         self.dtype = loaded.dtype
+        self.weight_quantization = loaded.weight_quantization
         self.kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, self.dtype, device)
         self.max_model_len = self._max_model_len()
         token_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype)  # scales included

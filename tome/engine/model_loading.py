@@ -16,6 +16,7 @@ from tome.layers.transposed_linear import transpose_layer_linears
 from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
 from tome.loader.model_source import ModelSource
+from tome.loader.quantized_checkpoint import quant_method
 from tome.models.config import ModelConfig
 from tome.models.quantize_on_load import quantize_on_load
 from tome.models.registry import model_class
@@ -40,6 +41,13 @@ class LoadedModel:
         weights = "gguf blocks" if self.keeps_blocks else "float weights"
         quantized = f"|quantized to {self.quantization}" if self.quantization else ""
         return f"{self.dtype}|{weights}{quantized}"
+
+    @property
+    def weight_quantization(self) -> str | None:
+        """How the weights are quantized, for clients: a pre-quantized checkpoint's
+        quant_method ("awq", "gptq", "compressed-tensors", "fp8"), else the scheme applied
+        at load ("int8", ...), else None."""
+        return quant_method(self.config.hf_config) or self.quantization
 
 
 def choose_dtype(requested: str, hf_config, device: torch.device) -> torch.dtype:

@@ -13,6 +13,8 @@ from tome.cli_options import (
     KVDtypeOption,
     KVMemoryOption,
     MaxModelLenOption,
+    QuantizationOption,
+    QuantizeHeadOption,
     RopeScalingOption,
     SparsePrefillOption,
     engine_config,
@@ -77,6 +79,8 @@ def run(
     max_model_len: MaxModelLenOption = None,
     kv_cache_memory: KVMemoryOption = None,
     kv_cache_dtype: KVDtypeOption = "auto",
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
 ) -> None:
@@ -102,6 +106,8 @@ def run(
                     rope_scaling,
                     kv_cache_dtype,
                     sparse_prefill,
+                    quantization,
+                    quantize_head,
                 )
             )
         else:

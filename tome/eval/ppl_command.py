@@ -2,12 +2,19 @@
 
 import random
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from tome.cli_options import DtypeOption, KVMemoryOption, ModelOption, parse_size
+from tome.cli_options import (
+    DtypeOption,
+    KVMemoryOption,
+    ModelOption,
+    QuantizationOption,
+    QuantizeHeadOption,
+    parse_size,
+)
 from tome.errors import InvalidRequestError, TomeError
 from tome.eval.config import format_length, parse_lengths
 from tome.eval.items import LANGUAGES
@@ -41,6 +48,8 @@ def ppl(
     model: ModelOption = None,
     dtype: DtypeOption = "auto",
     kv_cache_memory: KVMemoryOption = None,
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
     out: OutOption = Path("tome-eval"),
 ) -> None:
     """Perplexity at growing context lengths, per rope setting; writes ppl.json and ppl.png.
@@ -48,7 +57,13 @@ def ppl(
     For each length L the text's first L tokens are scored: past a window the perplexity
     jumps, and each rope extension shows how far it holds up."""
     try:
-        _run(text, builtin, lengths, rope or ["none"], model, dtype, kv_cache_memory, out)
+        engine_args = {
+            "dtype": dtype,
+            "kv_cache_memory": parse_size(kv_cache_memory) if kv_cache_memory else None,
+            "quantization": quantization,
+            "quantize_head": quantize_head,
+        }
+        _run(text, builtin, lengths, rope or ["none"], model, engine_args, out)
     except TomeError as exc:
         from tome.eval.cli import fail  # imported here: tome.eval.cli imports this module
 
@@ -61,8 +76,7 @@ def _run(
     lengths_text: str,
     rope_texts: list[str],
     model: str | None,
-    dtype: str,
-    kv_cache_memory: str | None,
+    engine_args: dict[str, Any],
     out: Path,
 ) -> None:
     # Heavy imports (torch, transformers, matplotlib) only once the command runs.
@@ -84,10 +98,6 @@ def _run(
     name = Path(model).name if model else embedded_model_path().stem
     console.print(f"[bold]tome eval ppl[/]: {name} on {source} ({len(token_ids)} tokens)")
     points = []
-    engine_args = {
-        "dtype": dtype,
-        "kv_cache_memory": parse_size(kv_cache_memory) if kv_cache_memory else None,
-    }
     for point in sweep_perplexity(model, token_ids, lengths, ropes, **engine_args):
         shown = "skipped" if point.perplexity is None else f"{point.perplexity:.3f}"
         note = f" ({point.note})" if point.note else ""

@@ -27,14 +27,26 @@ FORMATS = {
 }
 
 
+def _quantization_config(hf_config: Any) -> dict | None:
+    config = getattr(hf_config, "quantization_config", None)
+    if config is None or isinstance(config, dict):
+        return config
+    return config.to_dict()
+
+
+def quant_method(hf_config: Any) -> str | None:
+    """config.json's `quantization_config.quant_method` ("awq", "gptq", ...), None for a
+    float checkpoint."""
+    config = _quantization_config(hf_config)
+    return None if config is None else config.get("quant_method")
+
+
 def checkpoint_format(hf_config: Any) -> CheckpointFormat | None:
     """The format of a quantized checkpoint, None for a float one; a method or setting we
     do not read is refused in one line rather than loaded as garbage."""
-    config = getattr(hf_config, "quantization_config", None)
+    config = _quantization_config(hf_config)
     if config is None:
         return None
-    if not isinstance(config, dict):
-        config = config.to_dict()
     method = config.get("quant_method")
     if method not in FORMATS:
         raise ModelLoadError(

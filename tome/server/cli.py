@@ -17,6 +17,8 @@ from tome.cli_options import (
     KVDtypeOption,
     KVMemoryOption,
     MaxModelLenOption,
+    QuantizationOption,
+    QuantizeHeadOption,
     RopeScalingOption,
     SparsePrefillOption,
     engine_config,
@@ -74,6 +76,8 @@ def serve(
     max_model_len: MaxModelLenOption = None,
     kv_cache_memory: KVMemoryOption = None,
     kv_cache_dtype: KVDtypeOption = "auto",
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     host_kv_cache_memory: HostKVMemoryOption = None,
@@ -120,6 +124,8 @@ def serve(
             rope_scaling,
             kv_cache_dtype,
             sparse_prefill,
+            quantization,
+            quantize_head,
         )
         server = ServerConfig(
             host,

@@ -89,6 +89,7 @@ def build_state(engine_config: EngineConfig, config: ServerConfig) -> ServerStat
         model_name=config.served_model_name or served_model_name(engine_config.model),
         max_model_len=engine.engine.max_model_len,
         open_mode=not active,
+        quantization=engine.engine.weight_quantization,
         search=search,
         index_cache=IndexCache(embedder=embedder),
     )

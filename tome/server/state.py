@@ -38,6 +38,7 @@ class ServerState:
     model_name: str
     max_model_len: int
     open_mode: bool  # no keys: one local user, no limits
+    quantization: str | None = None  # Engine.weight_quantization, shown by /v1/models
     search: SearchProvider | None = None  # web search for the assistant; None: off
     # Built passage indexes (and their vectors, with an embedder) from one question to the
     # next, so a long book is chunked and indexed once per process.

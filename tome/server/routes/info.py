@@ -23,7 +23,10 @@ HEALTH_TIMEOUT_S = 30.0  # the engine answers between steps; a long prefill step
 async def list_models(request: Request, _: Authenticated) -> ModelList:
     server = server_state(request)
     card = ModelCard(
-        id=server.model_name, created=server.created, max_model_len=server.max_model_len
+        id=server.model_name,
+        created=server.created,
+        max_model_len=server.max_model_len,
+        quantization=server.quantization,
     )
     return ModelList(data=[card])
 

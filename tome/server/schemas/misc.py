@@ -14,6 +14,9 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "tome"
     max_model_len: int
+    # How the weights are quantized: "int8" etc. (quantized at load), a pre-quantized
+    # checkpoint's quant_method ("awq", "gptq", ...), or None for float weights.
+    quantization: str | None = None
 
 
 class ModelList(BaseModel):
