@@ -152,8 +152,9 @@ def quantized_reference(path, scheme: str, quantize_head: bool = True):
     with torch.no_grad():
         for name, param in model.named_parameters():
             is_head = "embed_tokens" in name or "lm_head" in name
+            scheme = quantization.for_head if is_head else quantization
             if param.dim() == 2 and (quantize_head or not is_head):
-                param.copy_(expanded(quantization.quantize(param.data)))
+                param.copy_(expanded(scheme.quantize(param.data)))
     return model
 
 

@@ -25,13 +25,19 @@ def quantize_on_load(
     quantize_head: bool,
 ) -> Iterator[tuple[str, Any]]:
     """The checkpoint's (name, tensor) pairs with every float weight of a linear layer, a
-    layer of experts and (with quantize_head) the embedding and head quantized."""
+    layer of experts and (with quantize_head) the embedding and head quantized, the last
+    two in the scheme's `for_head`."""
     for name, tensor in weights:
         quantizes = isinstance(tensor, torch.Tensor) and _quantizes(model, name, quantize_head)
-        if quantizes and tensor.dim() == 2 and tensor.shape[1] % quantization.input_multiple == 0:
-            yield name, quantization.quantize(tensor)
+        scheme = quantization.for_head if _is_head(model, name) else quantization
+        if quantizes and tensor.dim() == 2 and tensor.shape[1] % scheme.input_multiple == 0:
+            yield name, scheme.quantize(tensor)
         else:
             yield name, tensor
+
+
+def _is_head(model: nn.Module, name: str) -> bool:
+    return model._target(name)[0].rsplit(".", 1)[0] in HEAD_MODULES
 
 
 def _quantizes(model: nn.Module, name: str, quantize_head: bool) -> bool:
