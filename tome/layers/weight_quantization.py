@@ -3,11 +3,11 @@
 
 - int8: symmetric, one scale per output row (max abs / 127): 8-bit blocks whose scales
   repeat along the row.
-- int4: asymmetric over groups of 32, 64 or 128 inputs: scale = (max - min) / 15 over the
-  group's range widened to hold 0, zero = round(-min / scale), q = round(w / scale) + zero
-  in [0, 15], as GPTQ and AWQ quantize. Scales are rounded to bfloat16 values first, so
-  scale * zero is exact in float32 and the kernel's scale * q + offset (offset = -scale *
-  zero) equals scale * (q - zero).
+- int4: asymmetric over groups of 32, 64 or 128 inputs, as GGUF's Q4_1: w = scale * q +
+  min, scale = (max - min) / 15, q = round((w - min) / scale) in [0, 15], float32 scale and
+  offset (min). Unlike GPTQ's integer zero point over a range widened to hold 0, every
+  code falls inside the group's range; on SmolLM2 (whose weights are Q4_1 values) the
+  integer-zero variant cost 22% in perplexity, this one (BENCHMARKS.md) far less.
 - fp8: e4m3 values with a float32 scale per output row (max abs / 448), or per 128 x 128
   block as DeepSeek-V3 ships them.
 - mxfp4: the OCP microscaling format: blocks of 32 e2m1 values (0, 0.5, 1, 1.5, 2, 3, 4, 6
@@ -80,17 +80,15 @@ def quantize_int8(w: torch.Tensor) -> BlockQuantizedWeight:
 def quantize_int4(w: torch.Tensor, group_size: int) -> BlockQuantizedWeight:
     n, k = w.shape
     groups = w.reshape(n, k // group_size, group_size)
-    low = groups.amin(dim=-1, keepdim=True).clamp_(max=0)
-    high = groups.amax(dim=-1, keepdim=True).clamp_(min=0)
-    scales = _nonzero(((high - low) / 15).to(torch.bfloat16).to(torch.float32))
-    zeros = (-low / scales).round_().clamp_(0, 15)
-    codes = ((groups / scales).round_() + zeros).clamp_(0, 15).to(torch.uint8)
+    low = groups.amin(dim=-1, keepdim=True)
+    scales = _nonzero((groups.amax(dim=-1, keepdim=True) - low) / 15)
+    codes = ((groups - low) / scales).round_().clamp_(0, 15).to(torch.uint8)
     per_block = group_size // BLOCK
     return BlockQuantizedWeight(
         4,
         codes.reshape(n, k),
         scales.reshape(n, -1).repeat_interleave(per_block, dim=1),
-        (-scales * zeros).reshape(n, -1).repeat_interleave(per_block, dim=1),
+        low.reshape(n, -1).repeat_interleave(per_block, dim=1),
     )
 
 
