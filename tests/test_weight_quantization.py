@@ -8,6 +8,7 @@ import torch
 
 from tests.conftest import make_tiny_model
 from tests.reference import load_reference, reference_greedy
+from tests.test_moe_models import save_tiny_moe
 from tome import LLM, SamplingParams
 from tome.engine.config import EngineConfig
 from tome.errors import InvalidRequestError
@@ -15,6 +16,8 @@ from tome.kernels import block_quantized_matmul
 from tome.kernels.block_quantized_matmul import BlockQuantizedWeight, dequantize
 from tome.kernels.float8_matmul import Float8Weight, dequantize_float8
 from tome.layers import quantized_linear as layers
+from tome.layers.block_quantized_experts import BlockQuantizedExperts
+from tome.layers.quantized_experts import QuantizedExperts
 from tome.layers.weight_quantization import (
     WEIGHT_QUANTIZATIONS,
     quantize_fp8,
@@ -201,3 +204,43 @@ def test_head_stays_float_when_asked(tiny_model_to_quantize):
 def test_unknown_quantization_is_refused_in_one_line():
     with pytest.raises(InvalidRequestError, match="quantization must be one of int8, int4"):
         EngineConfig(quantization="int3")
+
+
+def quantized_moe_reference(path, scheme: str):
+    """transformers' MoE model with each expert's gate, up and down weights, and every
+    other linear weight but the routers', replaced by its quantized value."""
+    model = load_reference(path)
+    quantization = WEIGHT_QUANTIZATIONS[scheme]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            is_router = name.endswith(".gate.weight") or "shared_expert_gate" in name
+            is_head = "embed_tokens" in name or "lm_head" in name
+            scheme_here = quantization.for_head if is_head else quantization
+            if param.dim() == 2 and not is_router:
+                param.copy_(expanded(scheme_here.quantize(param.data)))
+            elif param.dim() == 3:  # experts [E, rows, k]: gate and up quantized apart
+                halves = 2 if name.endswith("gate_up_proj") else 1
+                for expert in param:
+                    for part in expert.chunk(halves):
+                        part.copy_(expanded(quantization.quantize(part.clone())))
+    return model
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "fp8"])
+@pytest.mark.parametrize("block_kernel", [True, False])
+def test_quantized_experts_equal_transformers(
+    tmp_path, hf_tokenizer_dir, scheme, block_kernel, monkeypatch
+):
+    if not block_kernel:  # a CPU without the block kernel: QuantizedExperts
+        monkeypatch.setattr(layers, "runs_fast", lambda: False)
+    elif not block_quantized_matmul.runs_fast():
+        pytest.skip("the block kernel needs AVX-512")
+    path = save_tiny_moe("qwen3_moe", tmp_path, hf_tokenizer_dir)
+    llm = LLM(str(path), quantization=scheme)
+    experts = llm.engine.runner.model.model.layers[0].mlp.experts
+    on_kernel = block_kernel and scheme != "fp8"
+    assert isinstance(experts, BlockQuantizedExperts if on_kernel else QuantizedExperts)
+    prompt = list(range(20, 60))
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    reference = quantized_moe_reference(path, scheme)
+    assert llm.generate(prompt, params)[0].token_ids == reference_greedy(reference, prompt, 8)[0]

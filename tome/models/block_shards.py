@@ -21,6 +21,7 @@ from tome.kernels.float8_matmul import Float8Weight, concatenate_float8_rows, de
 from tome.layers.block_quantized_experts import BlockQuantizedExperts
 from tome.layers.block_quantized_linear import StackedBlockQuantizedLinear
 from tome.layers.moe import FusedExperts
+from tome.layers.quantized_experts import QuantizedExperts
 from tome.layers.quantized_linear import (
     quantized_embedding,
     quantized_linear,
@@ -74,8 +75,10 @@ class BlockShards:
         device: torch.device,
     ) -> None:
         """Layers of experts, whose gate_up_proj (shards 2e, 2e + 1: expert e's gate and
-        up) and down_proj (shard e) must both have come whole in blocks the block kernel
-        reads; elsewhere experts are expanded to float."""
+        up) and down_proj (shard e) must all have come quantized, each expert's gate and up
+        in one layout: on the block kernel, BlockQuantizedExperts (a layer's active experts
+        in one kernel call); elsewhere QuantizedExperts, a layer quantized_linear chooses
+        for each projection. Otherwise the experts are expanded to float."""
         owners = {t.rsplit(".", 1)[0] for t in self._pending}
         for owner in owners:
             layer = model.get_submodule(owner)
@@ -83,26 +86,36 @@ class BlockShards:
                 continue
             gate_up = self._pending.pop(f"{owner}.gate_up_proj", {})
             down = self._pending.pop(f"{owner}.down_proj", {})
-            # gate and up are stacked into one weight, so they must share a layout; down
-            # may have another (Q4_K_M files keep some in Q6_K, held as 8-bit blocks).
+            experts = range(len(down))
             whole = (
                 len(gate_up) == shard_count(f"{owner}.gate_up_proj")
                 and len(down) == shard_count(f"{owner}.down_proj")
-                and uses_block_kernel(layer.down_proj.dtype, device)
-                and _one_kernel_layout([weight for _, weight in gate_up.values()])
-                and _one_kernel_layout([weight for _, weight in down.values()])
+                and all(
+                    _layout(gate_up[2 * e][1]) == _layout(gate_up[2 * e + 1][1]) for e in experts
+                )
             )
             if not whole:
                 _expand([*gate_up.values(), *down.values()], copy_float)
                 continue
-            experts = range(len(down))
-            fused = [concatenate_rows([gate_up[2 * e][1], gate_up[2 * e + 1][1]]) for e in experts]
-            model.set_submodule(
-                owner,
-                BlockQuantizedExperts(
-                    [pack(w) for w in fused], [pack(down[e][1]) for e in experts]
-                ),
-            )
+            fused = [_concatenate([gate_up[2 * e][1], gate_up[2 * e + 1][1]]) for e in experts]
+            downs = [down[e][1] for e in experts]
+            dtype = layer.down_proj.dtype
+            # On the block kernel, gate/up of every expert share a layout, and so do the
+            # downs (Q4_K_M files keep some downs in Q6_K, held as 8-bit blocks).
+            if (
+                uses_block_kernel(dtype, device)
+                and _one_kernel_layout(fused)
+                and _one_kernel_layout(downs)
+            ):
+                experts_layer = BlockQuantizedExperts(
+                    [pack(w) for w in fused], [pack(w) for w in downs]
+                )
+            else:
+                experts_layer = QuantizedExperts(
+                    [quantized_linear(w, None, dtype, device) for w in fused],
+                    [quantized_linear(w, None, dtype, device) for w in downs],
+                )
+            model.set_submodule(owner, experts_layer)
 
 
 def _expand(

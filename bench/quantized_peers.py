@@ -1,0 +1,157 @@
+"""Quantized weights side by side on the CPU (BENCHMARKS.md, "Quantized weights"): the
+embedded SmolLM2 as an HF folder in float32 and quantized at load (int8, int4), the same
+weights as GGUF Q8_0 and Q4_K_M files in Tome, and llama.cpp on those files. Each engine
+runs in its own process, one after the other.
+
+    python bench/quantized_peers.py WORKDIR
+
+WORKDIR gets the HF folder (float32, expanded by transformers from the embedded GGUF), its
+F32 GGUF from llama.cpp's convert_hf_to_gguf.py and that quantized to Q8_0 and Q4_K_M by
+llama.cpp's llama_model_quantize. Environment: LLAMA_CPP_CONVERTER (the folder holding
+convert_hf_to_gguf.py; default the tests' cache, ~/.cache/tome/llama.cpp-converter-0.3.36),
+LLAMA_PYTHON (a python with llama-cpp-python 0.3.36: quantizes, and runs llama.cpp; unset,
+llama.cpp is left out). Greedy, prefix caching off, random ids.
+- decode at batch 1: 64 tokens after a 1,024-token prompt, the time of 65 tokens less that
+  of 1 (each from a fresh prompt; medians of 3);
+- decode at batch 16: 16 requests of 128 prompt + 64 output tokens at once, output tokens
+  over the wall time (Tome only: llama-cpp-python runs one sequence);
+- prefill of one 8,000-token prompt."""
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROMPT, DECODE, REPEATS = 1024, 64, 3
+BATCH, BATCH_PROMPT, BATCH_OUT, LONG_PROMPT = 16, 128, 64, 8000
+FTYPES = {"q8_0": 7, "q4_k_m": 15}  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
+ENGINES = [
+    "tome-f32",
+    "tome-int8",
+    "tome-int4",
+    "tome-q8_0",
+    "tome-q4_k_m",
+    "llama-q8_0",
+    "llama-q4_k_m",
+]
+
+
+def ids(count: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(3, 49152) for _ in range(count)]
+
+
+def timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def decode_rate(generate) -> float:
+    """generate(prompt ids, tokens) runs one request from a fresh prompt."""
+    generate(ids(64, 9), 2)  # warm-up
+    ones, manys = [], []
+    for repeat in range(REPEATS):
+        short, long = ids(PROMPT, 2 * repeat), ids(PROMPT, 2 * repeat + 1)
+        ones.append(timed(lambda prompt=short: generate(prompt, 1)))
+        manys.append(timed(lambda prompt=long: generate(prompt, DECODE + 1)))
+    return DECODE / (statistics.median(manys) - statistics.median(ones))
+
+
+def run_tome(workdir: Path, engine: str) -> dict:
+    from tome import LLM, SamplingParams
+
+    kind = engine.removeprefix("tome-")
+    if kind in FTYPES:
+        llm = LLM(str(workdir / f"model-{kind}.gguf"), enable_prefix_caching=False)
+    else:
+        quantization = None if kind == "f32" else kind
+        llm = LLM(str(workdir / "hf"), quantization=quantization, enable_prefix_caching=False)
+
+    def params(tokens: int) -> SamplingParams:
+        return SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
+
+    result = {"decode_b1_tok_s": decode_rate(lambda p, n: llm.generate(p, params(n)))}
+    prompts = [ids(BATCH_PROMPT, 100 + i) for i in range(BATCH)]
+    wall = timed(lambda: llm.generate(prompts, params(BATCH_OUT)))
+    result["decode_b16_out_tok_s"] = BATCH * BATCH_OUT / wall
+    result["prefill_8k_tok_s"] = LONG_PROMPT / timed(
+        lambda: llm.generate(ids(LONG_PROMPT, 7), params(1))
+    )
+    return result
+
+
+def run_llama_cpp(workdir: Path, engine: str) -> dict:
+    from llama_cpp import Llama
+
+    name = f"model-{engine.removeprefix('llama-')}.gguf"
+    llm = Llama(str(workdir / name), n_ctx=8192, n_threads=os.cpu_count(), verbose=False)
+
+    def generate(prompt, tokens):
+        # The prompt from scratch, then one token a step.
+        llm.reset()
+        llm.eval(prompt)
+        for _ in range(tokens - 1):
+            llm.eval(prompt[-1:])
+
+    result = {"decode_b1_tok_s": decode_rate(generate)}
+    result["prefill_8k_tok_s"] = LONG_PROMPT / timed(lambda: generate(ids(LONG_PROMPT, 7), 1))
+    return result
+
+
+def prepare(workdir: Path) -> None:
+    """The HF folder, its F32 GGUF and the Q8_0 and Q4_K_M quantizations, each made once."""
+    from quantization_accuracy import float_folder  # imports tome: not in llama.cpp's python
+
+    hf = float_folder(workdir / "hf")
+    converter = Path(
+        os.environ.get("LLAMA_CPP_CONVERTER")
+        or Path.home() / ".cache" / "tome" / "llama.cpp-converter-0.3.36"
+    )
+    f32 = workdir / "model-f32.gguf"
+    if not f32.is_file():
+        env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}
+        command = [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(hf)]
+        command += ["--outfile", str(f32), "--outtype", "f32"]
+        subprocess.run(command, check=True, env=env)
+    quantize = (
+        "import sys, llama_cpp; p = llama_cpp.llama_model_quantize_default_params(); "
+        "p.ftype = int(sys.argv[3]); "
+        "src, dst = (a.encode() for a in sys.argv[1:3]); "
+        "sys.exit(llama_cpp.llama_model_quantize(src, dst, p))"
+    )
+    for kind, ftype in FTYPES.items():
+        out = workdir / f"model-{kind}.gguf"
+        if not out.is_file() and os.environ.get("LLAMA_PYTHON"):
+            command = [os.environ["LLAMA_PYTHON"], "-c", quantize, str(f32), str(out), str(ftype)]
+            subprocess.run(command, check=True)
+
+
+def main() -> None:
+    workdir = Path(sys.argv[1])
+    if len(sys.argv) > 3 and sys.argv[2] == "--worker":
+        engine = sys.argv[3]
+        run = run_llama_cpp if engine.startswith("llama") else run_tome
+        print("RESULT " + json.dumps(run(workdir, engine)), flush=True)
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    prepare(workdir)
+    results = {}
+    for engine in os.environ.get("ENGINES", ",".join(ENGINES)).split(","):
+        python = os.environ.get("LLAMA_PYTHON") if engine.startswith("llama") else sys.executable
+        if python is None:
+            continue
+        command = [python, __file__, str(workdir), "--worker", engine]
+        done = subprocess.run(command, capture_output=True, text=True)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        results[engine] = json.loads(line[7:]) if line else {"error": done.stderr[-500:]}
+        print(engine, results[engine], flush=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
