@@ -1,14 +1,19 @@
 """The memory plan and the KV budget: parameter counts equal transformers', KV bytes per
-dtype, `tome plan`, a pool sized as a fraction of free memory, and a 32k-token prefill
-whose memory grows with the chunk, not with the square of the prompt."""
+dtype, weight bytes equal to what a model loaded in each quantization scheme holds, `tome
+plan`, a pool sized as a fraction of free memory, and a 32k-token prefill whose memory
+grows with the chunk, not with the square of the prompt."""
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
+from torch import nn
 from typer.testing import CliRunner
 
 from tests.conftest import TINY_CONFIGS, make_tiny_model, tiny_config
@@ -18,9 +23,14 @@ from tome.cli import app
 from tome.cli_options import parse_kv_memory
 from tome.engine import kv_cache
 from tome.engine.config import EngineConfig
-from tome.engine.memory_plan import parameter_count, plan_memory
+from tome.engine.memory_plan import parameter_count, plan_memory, weight_bytes
+from tome.engine.model_loading import load_model
 from tome.errors import InvalidRequestError, KVCacheCapacityError
+from tome.kernels.block_quantized_matmul import BlockQuantizedWeight, PackedWeight
+from tome.kernels.float8_matmul import Float8Weight
+from tome.layers.rotary import RotaryEmbedding
 from tome.layers.torch_attention_backend import MASK_ELEMENTS
+from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 from tome.models.config import ModelConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,6 +115,56 @@ def test_plan_with_weights_over_memory_fits_nothing():
     assert all(not kv.fits and kv.max_tokens == 0 for kv in plan.kv)
 
 
+def held_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor the loaded model's modules hold (parameters, buffers, plain
+    tensor attributes, the tensors of quantized weights, in lists too), each storage once
+    and whole: a view keeps its whole storage alive, a tied head shares the embedding's.
+    The rotary tables are left out: computed from the config, they are not weights."""
+    storages: dict[int, int] = {}
+
+    def visit(value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(value, BlockQuantizedWeight | PackedWeight | Float8Weight):
+            for field in dataclasses.fields(value):
+                visit(getattr(value, field.name))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            continue
+        for value in [*module._parameters.values(), *module._buffers.values()]:
+            visit(value)
+        for value in vars(module).values():
+            visit(value)
+    return sum(storages.values())
+
+
+@pytest.fixture(scope="module", params=["llama", "llama_tied"])
+def llama_128(request, tmp_path_factory, hf_tokenizer_dir) -> Path:
+    """A tiny Llama whose layers' inputs (128, 256) are multiples of every scheme's."""
+    path = tmp_path_factory.mktemp(request.param)
+    return make_tiny_model(
+        request.param, path, hf_tokenizer_dir, hidden_size=128, intermediate_size=256
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("quantization", [None, *WEIGHT_QUANTIZATIONS])
+def test_planned_weight_bytes_are_what_the_loaded_model_holds(llama_128, quantization, dtype):
+    """Each scheme in the layout this CPU loads it in (float32: the block kernel's panels
+    where it runs; bfloat16: torch's int4/int8 packs), exactly."""
+    config = EngineConfig(model=str(llama_128), dtype=dtype, quantization=quantization)
+    loaded = load_model(config)
+    planned = weight_bytes(
+        loaded.config, loaded.dtype, torch.device("cpu"), quantization, quantize_head=True
+    )
+    assert planned == held_bytes(loaded.model)
+
+
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config_only")
@@ -122,10 +182,30 @@ def test_plan_command_prints_the_table(config_dir):
         assert text in result.stdout
 
 
+def plan_weights(output: str) -> tuple[str, float]:
+    """The weights' line `tome plan` prints (rich wraps it) and their size in GiB."""
+    line = " ".join(output.split()).split("; ")[0]
+    return line, float(re.fullmatch(r"weights: .* = ([0-9.]+) GiB", line).group(1))
+
+
+def test_plan_command_counts_quantized_weights():
+    args = ["plan", "--dummy", str(REPO / "bench/configs/llama-3.1-8b.json")]
+    args += ["--max-model-len", "4096", "--device-memory", "80GiB"]
+    lines = []
+    for flags in [(), ("--quantization", "int8"), ("--quantization", "int4")]:
+        result = CliRunner().invoke(app, [*args, *flags])
+        assert result.exit_code == 0, result.output
+        lines.append(plan_weights(result.stdout))
+    (_, float_size), (_, int8_size), (int4_line, int4_size) = lines
+    assert int4_size < int8_size < float_size
+    assert "parameters in bfloat16 quantized to int4 (groups of 32) =" in int4_line
+
+
 @pytest.mark.parametrize(
     "bad",
     [
         ["--dtype", "int3"],
+        ["--quantization", "int3"],
         ["--device-memory", "12XB"],
         ["--max-model-len", "0"],
         ["--dummy", "/no/such/config.json"],

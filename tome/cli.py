@@ -294,6 +294,8 @@ def plan(
     ] = None,
     dtype: Annotated[str, typer.Option(help="Weights: bfloat16, float16 or float32.")] = "bfloat16",
     dummy: Annotated[str | None, typer.Option(help="A config.json (or its folder).")] = None,
+    quantization: QuantizationOption = None,
+    quantize_head: QuantizeHeadOption = True,
 ) -> None:
     """Memory for the weights and the KV cache at each KV dtype, from the config alone."""
     from tome.engine.memory_plan import default_device_memory, load_plan_config, plan_memory
@@ -303,6 +305,7 @@ def plan(
         config = load_plan_config(model, dummy)
         memory = parse_size(device_memory) if device_memory else default_device_memory()
         tokens = config.max_position_embeddings if max_model_len is None else max_model_len
-        print_memory_plan(plan_memory(config, dtype, tokens, memory), console)
+        plan = plan_memory(config, dtype, tokens, memory, quantization, quantize_head)
+        print_memory_plan(plan, console)
     except TomeError as exc:
         _fail(exc)

@@ -4,6 +4,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tome.engine.memory_plan import MemoryPlan
+from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 
 
 def format_bytes(n: int) -> str:
@@ -14,8 +15,11 @@ def format_bytes(n: int) -> str:
 
 
 def print_memory_plan(plan: MemoryPlan, console: Console) -> None:
+    quantized = ""
+    if plan.quantization is not None:
+        quantized = f" quantized to {WEIGHT_QUANTIZATIONS[plan.quantization].label}"
     console.print(
-        f"weights: {plan.parameters:,} parameters in {plan.dtype} = "
+        f"weights: {plan.parameters:,} parameters in {plan.dtype}{quantized} = "
         f"{format_bytes(plan.weight_bytes)}; device memory {format_bytes(plan.device_memory)}; "
         f"model window {plan.model_window:,} tokens"
     )

@@ -15,7 +15,7 @@ from tome.bench.results import RowKey
 from tome.bench.spec import ModelSpec
 from tome.bench.workloads import Workload
 from tome.engine.kv_cache import free_memory, kv_bytes_per_token, resolve_kv_cache_dtype
-from tome.engine.memory_plan import parameter_count
+from tome.engine.memory_plan import weight_bytes
 from tome.loader import load_hf_config
 from tome.models.config import ModelConfig
 
@@ -44,7 +44,7 @@ def plan_pool(model: ModelSpec, workload: Workload, step_tokens: int) -> PoolPla
     kv_dtype = resolve_kv_cache_dtype(model.kv_cache_dtype, model.torch_dtype, model.torch_device)
     bytes_per_block = BLOCK_SIZE * kv_bytes_per_token(config, kv_dtype)
     needed = max(_blocks_needed(key, workload.decode_tokens) for key in workload.rows())
-    room = _room(config, model.torch_dtype, model.torch_device, step_tokens)
+    room = _room(config, model, step_tokens)
     return PoolPlan(bytes_per_block, min(needed, room // bytes_per_block), workload.decode_tokens)
 
 
@@ -61,8 +61,11 @@ def _blocks_needed(key: RowKey, decode_tokens: int) -> int:
     )
 
 
-def _room(config: ModelConfig, dtype: torch.dtype, device: torch.device, step_tokens: int) -> int:
-    weights = parameter_count(config) * dtype.itemsize
+def _room(config: ModelConfig, model: ModelSpec, step_tokens: int) -> int:
+    """Free memory less the weights as loaded (quantized, if they are), one step's
+    activations and the runtime's reserve."""
+    dtype, device = model.torch_dtype, model.torch_device
+    weights = weight_bytes(config, dtype, device, model.quantization, model.quantize_head)
     activations = step_tokens * activation_bytes_per_token(config, dtype)
     return free_memory(device) - weights - activations - RUNTIME_RESERVE
 

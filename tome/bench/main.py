@@ -21,6 +21,7 @@ from tome.bench.worker import run_side_in_subprocess
 from tome.bench.workloads import Workload
 from tome.engine.config import DTYPES, KV_CACHE_DTYPES
 from tome.engine.kv_cache import kv_bytes_per_token, kv_cache_dtype
+from tome.engine.memory_plan import parameter_count, weight_bytes
 from tome.engine.model_loading import choose_dtype
 from tome.errors import InvalidRequestError, TomeError
 from tome.layers.rotary import context_window
@@ -89,12 +90,23 @@ def _roofline(
         kv_dtype = KV_CACHE_DTYPES[model.kv_cache_dtype]
     return Roofline(
         config=model_config,
-        weight_itemsize=model.torch_dtype.itemsize,
+        weight_itemsize=_weight_itemsize(model_config, model),
         kv_bytes_per_token=kv_bytes_per_token(model_config, kv_dtype),
         peak=peak,
         decode_tokens=config.decode_tokens,
         sparse=model.sparse_prefill,
     )
+
+
+def _weight_itemsize(config: ModelConfig, model: ModelSpec) -> float:
+    """Bytes a parameter keeps in our engine: the dtype's size, or what the weights
+    quantized at load keep over the parameters."""
+    if model.quantization is None:
+        return model.torch_dtype.itemsize
+    loaded = weight_bytes(
+        config, model.torch_dtype, model.torch_device, model.quantization, model.quantize_head
+    )
+    return loaded / parameter_count(config)
 
 
 def _model_spec(config: BenchConfig, source: ModelSource, hf_config: PretrainedConfig) -> ModelSpec:

@@ -109,7 +109,7 @@ def sparse_pairs(length: int, sparse: SparsePrefillConfig) -> int:
 def decode_step_cost(
     config: ModelConfig,
     layers: LayerWeights,
-    weight_itemsize: int,
+    weight_itemsize: float,
     kv_bytes_per_token: int,
     batch: int,
     context: int,
@@ -125,7 +125,7 @@ def decode_step_cost(
 def prefill_cost(
     config: ModelConfig,
     layers: LayerWeights,
-    weight_itemsize: int,
+    weight_itemsize: float,
     kv_bytes_per_token: int,
     length: int,
     sparse: SparsePrefillConfig | None = None,
@@ -150,7 +150,9 @@ class Roofline:
     """Roofline tokens/s of a benchmark's rows, for our engine's dtypes and settings."""
 
     config: ModelConfig
-    weight_itemsize: int
+    # Bytes a parameter keeps: the dtype's size, or under quantization the loaded
+    # weights' bytes (memory_plan.weight_bytes) over the parameters, as if read evenly.
+    weight_itemsize: float
     kv_bytes_per_token: int
     peak: DevicePeak
     decode_tokens: int  # per sequence, the first (from the prefill) included

@@ -1,7 +1,9 @@
 """The memory plan: what a model's weights and KV cache need, from its config alone.
 
-`tome plan` prints it; nothing here loads weights. KV bytes per token are the pool's own
-(kv_bytes_per_token, scales of int8/fp8 included), so the plan and the engine agree."""
+`tome plan` prints it; nothing here loads weights. Weight bytes are what the loaded layers
+keep (loaded_weight_bytes: quantized at load, the layout the device computes from) and KV
+bytes per token the pool's own (kv_bytes_per_token, scales of int8/fp8 included), so the
+plan and the engine agree. A pre-quantized checkpoint is counted as if in float."""
 
 import math
 import shutil
@@ -15,10 +17,12 @@ from torch import nn
 from tome.engine.config import DTYPES, KV_CACHE_DTYPES
 from tome.engine.kv_cache import free_memory, kv_bytes_per_token
 from tome.errors import InvalidRequestError, ModelLoadError
+from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 from tome.loader import load_hf_config, resolve_model
 from tome.loader.model_source import ModelSource
 from tome.models.config import ModelConfig
 from tome.models.registry import model_class
+from tome.models.weight_bytes import loaded_weight_bytes
 
 # KV dtypes the plan compares, after the weights' own dtype.
 PLANNED_KV_DTYPES = ("bfloat16", "float16", "int8", "fp8")
@@ -37,6 +41,7 @@ class KVPlan:
 class MemoryPlan:
     parameters: int
     dtype: str
+    quantization: str | None  # EngineConfig.quantization
     weight_bytes: int
     max_model_len: int
     model_window: int
@@ -47,9 +52,13 @@ class MemoryPlan:
 def parameter_count(config: ModelConfig) -> int:
     """Parameters of the checkpoint, every expert of a MoE model included: the model
     built on the meta device counts its own tensors (a tied head once)."""
+    return checkpoint_parameters(meta_model(config))
+
+
+def meta_model(config: ModelConfig) -> nn.Module:
+    """The model built on the meta device: its shapes, without memory."""
     with torch.device("meta"):
-        model = model_class(config)(config)
-    return checkpoint_parameters(model)
+        return model_class(config)(config)
 
 
 def checkpoint_parameters(model: nn.Module) -> int:
@@ -57,30 +66,50 @@ def checkpoint_parameters(model: nn.Module) -> int:
     return sum(math.prod(shape) for shape in model.checkpoint_shapes().values())
 
 
+def weight_bytes(
+    config: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: str | None = None,
+    quantize_head: bool = True,
+) -> int:
+    """Bytes the weights keep once loaded in `dtype` on `device`, quantized at load as
+    EngineConfig's `quantization` and `quantize_head` say."""
+    scheme = None if quantization is None else WEIGHT_QUANTIZATIONS[quantization]
+    sizes = loaded_weight_bytes(meta_model(config), dtype, device, scheme, quantize_head)
+    return sum(sizes.values())
+
+
 def plan_memory(
-    config: ModelConfig, dtype: str, max_model_len: int, device_memory: int
+    config: ModelConfig,
+    dtype: str,
+    max_model_len: int,
+    device_memory: int,
+    quantization: str | None = None,
+    quantize_head: bool = True,
 ) -> MemoryPlan:
-    """Weights in `dtype` plus the KV cache of `max_model_len` tokens, for the weights'
-    dtype and each of PLANNED_KV_DTYPES, against `device_memory` bytes."""
+    """Weights in `dtype` (quantized at load by `quantization`, in the layout of
+    plan_device) plus the KV cache of `max_model_len` tokens, for the weights' dtype and
+    each of PLANNED_KV_DTYPES, against `device_memory` bytes."""
     if dtype not in DTYPES:
         raise InvalidRequestError(f"dtype must be one of {', '.join(DTYPES)}")
+    if quantization is not None and quantization not in WEIGHT_QUANTIZATIONS:
+        raise InvalidRequestError(f"quantization must be one of {', '.join(WEIGHT_QUANTIZATIONS)}")
     if max_model_len < 1:
         raise InvalidRequestError("max_model_len must be > 0")
     if device_memory < 1:
         raise InvalidRequestError("device memory must be > 0 bytes")
-    parameters = parameter_count(config)
-    weight_bytes = parameters * DTYPES[dtype].itemsize
+    weights = weight_bytes(config, DTYPES[dtype], plan_device(), quantization, quantize_head)
     kv_names = [dtype, *(name for name in PLANNED_KV_DTYPES if name != dtype)]
     return MemoryPlan(
-        parameters=parameters,
+        parameters=parameter_count(config),
         dtype=dtype,
-        weight_bytes=weight_bytes,
+        quantization=quantization,
+        weight_bytes=weights,
         max_model_len=max_model_len,
         model_window=config.max_position_embeddings,
         device_memory=device_memory,
-        kv=[
-            _kv_plan(config, name, max_model_len, device_memory - weight_bytes) for name in kv_names
-        ],
+        kv=[_kv_plan(config, name, max_model_len, device_memory - weights) for name in kv_names],
     )
 
 
@@ -90,9 +119,14 @@ def _kv_plan(config: ModelConfig, name: str, tokens: int, room: int) -> KVPlan:
     return KVPlan(name, per_token, kv_bytes, kv_bytes <= room, max(room, 0) // per_token)
 
 
+def plan_device() -> torch.device:
+    """The device the plan is for: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def default_device_memory() -> int:
     """What this machine has free: the GPU's memory when there is one, else available RAM."""
-    return free_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return free_memory(plan_device())
 
 
 def load_plan_config(model: str | None, dummy: str | None) -> ModelConfig:

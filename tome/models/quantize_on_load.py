@@ -28,12 +28,26 @@ def quantize_on_load(
     layer of experts and (with quantize_head) the embedding and head quantized, the last
     two in the scheme's `for_head`."""
     for name, tensor in weights:
-        quantizes = isinstance(tensor, torch.Tensor) and _quantizes(model, name, quantize_head)
-        scheme = quantization.for_head if _is_head(model, name) else quantization
-        if quantizes and tensor.dim() == 2 and tensor.shape[1] % scheme.input_multiple == 0:
-            yield name, scheme.quantize(tensor)
-        else:
-            yield name, tensor
+        scheme = None
+        if isinstance(tensor, torch.Tensor):
+            scheme = load_scheme(model, name, tuple(tensor.shape), quantization, quantize_head)
+        yield name, tensor if scheme is None else scheme.quantize(tensor)
+
+
+def load_scheme(
+    model: nn.Module,
+    name: str,
+    shape: tuple[int, ...],
+    quantization: WeightQuantization,
+    quantize_head: bool,
+) -> WeightQuantization | None:
+    """The scheme checkpoint tensor `name` of `shape` is quantized in as it loads (the
+    embedding's and head's `for_head`), None where it stays float: not a quantized
+    module's weight, not a matrix, or inputs not a multiple of the scheme's."""
+    if len(shape) != 2 or not _quantizes(model, name, quantize_head):
+        return None
+    scheme = quantization.for_head if _is_head(model, name) else quantization
+    return scheme if shape[1] % scheme.input_multiple == 0 else None
 
 
 def _is_head(model: nn.Module, name: str) -> bool:
