@@ -3,14 +3,16 @@
 # reference (tests/test_kernels.py, tests/test_sparse_kernel.py, the layer ops and CUDA
 # graphs, compiled on the GPU, with their full-size cases), then `tome bench --device cuda` (ours, transformers and the
 # roofline side by side) for dummy Llama-3.1-8B and Qwen2.5-7B-Instruct-1M shapes, and
-# (issue 17) the MoE shapes Qwen3-30B-A3B and Moonlight-16B-A3B (latent attention).
+# (issue 17) the MoE shapes Qwen3-30B-A3B and Moonlight-16B-A3B (latent attention), and
+# (`quant`) Llama-3.1-8B's decode with int8, int4 and fp8 weights against bfloat16.
 #
 #   bash bench/gpu_issue6.sh                 # on the GPU machine; everything lands in $OUT
 #   DRY=1 PYTHON=/tmp/venv/bin/python OUT=/tmp/dry bash bench/gpu_issue6.sh   # CPU, tiny shapes
 #
 # Steps run in order of what the issue's targets need most, each under its own timeout, and
 # none starts with less than MIN_STEP_S of BUDGET_S left; STEPS="qwen qwen_1m" runs a subset
-# (a second call picks up what the first had no time for). Output: $OUT/bench.log (every
+# (a second call picks up what the first had no time for; `STEPS="kernel_tests quant"` checks
+# and measures the quantized-weight kernel alone). Output: $OUT/bench.log (every
 # row as it is measured, so a step cut short keeps its numbers), $OUT/tables.md (each
 # finished step's table), $OUT/steps.tsv (step, exit status, seconds), $OUT/env.txt.
 #
@@ -38,7 +40,7 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_issue6}
 BUDGET_S=${BUDGET_S:-540}
 MIN_STEP_S=${MIN_STEP_S:-45}
-STEPS=${STEPS:-"kernel_tests llama llama_sparse qwen qwen_1m moe mla"}
+STEPS=${STEPS:-"kernel_tests llama llama_sparse qwen qwen_1m moe mla quant"}
 mkdir -p "$OUT"
 LOG=$OUT/bench.log
 TABLES=$OUT/tables.md
@@ -46,7 +48,7 @@ SUMMARY=$OUT/steps.tsv
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-KERNEL_TESTS=(tests/test_kernels.py tests/test_sparse_kernel.py tests/test_triton_layer_ops.py tests/test_cuda_graphs.py tests/test_triton_experts.py)
+KERNEL_TESTS=(tests/test_kernels.py tests/test_sparse_kernel.py tests/test_triton_layer_ops.py tests/test_cuda_graphs.py tests/test_triton_experts.py tests/test_triton_quantized_matmul.py)
 if [ "$DRY" = 1 ]; then
   # The kernel tests as CI runs them: Triton's interpreter on the CPU, small sizes (~1 min).
   PYTEST=(-m pytest -q -p no:cacheprovider "${KERNEL_TESTS[@]}")
@@ -60,6 +62,7 @@ if [ "$DRY" = 1 ]; then
   DECODE=(--decode-batches 1,2 --decode-prompt-lens 32,128 --decode-tokens 8)
   CHUNK=512
   SPARSE='{"min_context": 128, "vertical": 16, "slash": 16, "sink": 4, "local": 8}'
+  QUANT=(--prefill-lengths 64 --decode-batches 1,2 --decode-prompt-lens 32 --decode-tokens 8)
 else
   # Compiled kernels on the GPU (tests/conftest.py would also decide so from /dev/nvidia*),
   # in 8 processes: Triton's compilations of each case's kernel variants take most of it.
@@ -76,6 +79,9 @@ else
   DECODE=(--decode-batches 1,8,32,128 --decode-prompt-lens 1024,32768 --decode-tokens 32)
   CHUNK=131072  # bounds one step's activations, so the KV pool gets the rest
   SPARSE=on     # SparsePrefillConfig's defaults: sparse from 16k tokens of context
+  # Decode reads every weight once a token: batch 1 is all weight bytes, 32 starts to share
+  # them. One short prefill row (the bench needs one) shows the kernel at 1k rows.
+  QUANT=(--prefill-lengths 1024 --decode-batches 1,32 --decode-prompt-lens 1024 --decode-tokens 32)
 fi
 
 TOME=(-c 'from tome.cli import app; app(prog_name="tome")')  # `tome` without installing
@@ -151,6 +157,17 @@ step moe 240 "${TOME[@]}" bench --dummy "$MOE" "${DEVICE[@]}" "${ONCE[@]}" \
   --prefill-lengths "${PREFILL%,*}" "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
 step mla 240 "${TOME[@]}" bench --dummy "$MLA" "${DEVICE[@]}" "${ONCE[@]}" \
   --prefill-lengths "${PREFILL%,*}" "${DECODE[@]}" --prefill-chunk "$CHUNK" --markdown "$TABLES"
+
+# Quantized weights (the Triton dequantizing matmul; fp8 is still expanded per call) against
+# ours in bfloat16, ours only: one process a format, as --quantization takes one. `quant`
+# names them all; quant_int4 and the like one each.
+wanted quant && STEPS+=" quant_bf16 quant_int8 quant_int4 quant_fp8"
+step quant_bf16 150 "${TOME[@]}" bench --dummy "$LLAMA" "${DEVICE[@]}" "${ONCE[@]}" --skip-hf \
+  "${QUANT[@]}" --markdown "$TABLES"
+for scheme in int8 int4 fp8; do
+  step "quant_$scheme" 180 "${TOME[@]}" bench --dummy "$LLAMA" "${DEVICE[@]}" "${ONCE[@]}" \
+    --skip-hf --quantization "$scheme" "${QUANT[@]}" --markdown "$TABLES"
+done
 
 echo "=== done in ${SECONDS}s" | tee -a "$LOG"
 column -t "$SUMMARY" | tee -a "$LOG"

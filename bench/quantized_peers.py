@@ -1,12 +1,12 @@
 """Quantized weights side by side on the CPU (BENCHMARKS.md, "Quantized weights"): the
 embedded SmolLM2 as an HF folder in float32 and quantized at load (int8, int4), the same
-weights as GGUF Q8_0 and Q4_K_M files in Tome, and llama.cpp on those files. Each engine
+weights as GGUF Q8_0, Q4_0 and Q4_K_M files in Tome, and llama.cpp on those files. Each engine
 runs in its own process, one after the other.
 
     python bench/quantized_peers.py WORKDIR
 
 WORKDIR gets the HF folder (float32, expanded by transformers from the embedded GGUF), its
-F32 GGUF from llama.cpp's convert_hf_to_gguf.py and that quantized to Q8_0 and Q4_K_M by
+F32 GGUF from llama.cpp's convert_hf_to_gguf.py and that quantized to Q8_0, Q4_0 and Q4_K_M by
 llama.cpp's llama_model_quantize. Environment: LLAMA_CPP_CONVERTER (the folder holding
 convert_hf_to_gguf.py; default the tests' cache, ~/.cache/tome/llama.cpp-converter-0.3.36),
 LLAMA_PYTHON (a python with llama-cpp-python 0.3.36: quantizes, and runs llama.cpp; unset,
@@ -28,14 +28,19 @@ from pathlib import Path
 
 PROMPT, DECODE, REPEATS = 1024, 64, 3
 BATCH, BATCH_PROMPT, BATCH_OUT, LONG_PROMPT = 16, 128, 64, 8000
-FTYPES = {"q8_0": 7, "q4_k_m": 15}  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
+# llama.cpp's LLAMA_FTYPE_MOSTLY_*. SmolLM2's rows of 576 are not whole K-quant
+# super-blocks of 256, so llama.cpp writes most Q4_K_M tensors in its fallback types
+# (Q5_0, Q5_1, Q8_0); Q4_0 is the 4-bit file without fallbacks.
+FTYPES = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15}
 ENGINES = [
     "tome-f32",
     "tome-int8",
     "tome-int4",
     "tome-q8_0",
+    "tome-q4_0",
     "tome-q4_k_m",
     "llama-q8_0",
+    "llama-q4_0",
     "llama-q4_k_m",
 ]
 
@@ -104,7 +109,7 @@ def run_llama_cpp(workdir: Path, engine: str) -> dict:
 
 
 def prepare(workdir: Path) -> None:
-    """The HF folder, its F32 GGUF and the Q8_0 and Q4_K_M quantizations, each made once."""
+    """The HF folder, its F32 GGUF and its quantizations, each made once."""
     from quantization_accuracy import float_folder  # imports tome: not in llama.cpp's python
 
     hf = float_folder(workdir / "hf")

@@ -14,6 +14,7 @@ from tests.reference import load_reference, reference_greedy
 from tests.test_quantized_formats_awq_gptq import _awq_pack, _gptq_case, _reference
 from tome import LLM, SamplingParams
 from tome.errors import ModelLoadError
+from tome.layers.quantized_linear import InputPermutedLinear
 from tome.layers.transposed_linear import TransposedLinear
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -33,7 +34,12 @@ def _awq(k: int, n: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tens
 
 
 def _gptq(k: int, n: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    q, z, scales, g_idx, tensors = _gptq_case(k, n, 4, GROUP, "act_order", seed)
+    q, z, scales, _, tensors = _gptq_case(k, n, 4, GROUP, "act_order", seed)
+    # One act-order per input size: GPTQ orders a layer's inputs by its input's Hessian,
+    # which q/k/v (and gate/up) share, so their orders agree.
+    shuffle = torch.randperm(k, generator=torch.Generator().manual_seed(k))
+    g_idx = (torch.arange(k) // GROUP)[shuffle]
+    tensors["g_idx"] = g_idx.to(torch.int32)
     return tensors, _reference(q, z, scales, g_idx)
 
 
@@ -117,9 +123,9 @@ def test_quantized_checkpoint_equals_transformers_on_the_weights_it_defines(
     assert llm.generate(prompt, params)[0].token_ids == reference_greedy(reference, prompt, 8)[0]
     assert llm.engine.weight_quantization == kind  # what /v1/models reports
     attention = llm.engine.runner.model.model.layers[0].self_attn
-    # Act-order layers are expanded to float; the others stay quantized.
-    is_float = isinstance(attention.qkv_proj, torch.nn.Linear | TransposedLinear)
-    assert is_float == (kind == "gptq")
+    assert not isinstance(attention.qkv_proj, torch.nn.Linear | TransposedLinear)
+    # Act-order: the inputs are permuted once, the weight stays quantized.
+    assert isinstance(attention.qkv_proj, InputPermutedLinear) == (kind == "gptq")
 
 
 def test_unknown_quantization_method_is_refused_in_one_line(float_model, tmp_path):

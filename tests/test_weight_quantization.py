@@ -244,3 +244,13 @@ def test_quantized_experts_equal_transformers(
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     reference = quantized_moe_reference(path, scheme)
     assert llm.generate(prompt, params)[0].token_ids == reference_greedy(reference, prompt, 8)[0]
+
+
+def test_int4_weight_without_offsets_runs_in_torchs_int4_product():
+    codes = torch.randint(0, 16, (64, 128), dtype=torch.uint8)
+    weight = BlockQuantizedWeight(4, codes, torch.rand(64, 4), None)
+    layer = layers.quantized_linear(weight, None, torch.bfloat16, CPU)
+    assert isinstance(layer, layers.Int4PackedLinear)
+    x = torch.randn(3, 128).bfloat16()
+    expected = x.double() @ expanded(weight).double().t()
+    torch.testing.assert_close(layer(x).double(), expected, rtol=2e-2, atol=0.2)

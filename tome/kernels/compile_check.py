@@ -18,6 +18,7 @@ from tome.kernels import (
     sparse_prefill_attention,
     triton_experts,
     triton_layer_ops,
+    triton_quantized_matmul,
 )
 from tome.kernels.dot_dtype import dot_dtype, dot_precision
 
@@ -164,6 +165,38 @@ def expert_kernel(capability: int) -> None:
         compile_kernel(triton_experts._grouped_matmul_kernel, pointers, constants, capability)
 
 
+def quantized_matmul_kernels(capability: int) -> None:
+    """The dequantizing product in bf16 (on tensor cores) for each layout (4 bits with
+    offsets, 8 without and with) at the decode and the widest tile; float32 (exact "ieee"
+    products, no tensor cores) at the widest."""
+    matmul = triton_quantized_matmul
+    variants = [
+        (torch.bfloat16, bits, has_offsets, block_m)
+        for bits, has_offsets in ((4, True), (8, False), (8, True))
+        for block_m in (matmul.MIN_BLOCK_M, matmul.BLOCK_M)
+    ]
+    variants.append((torch.float32, 4, True, matmul.BLOCK_M))
+    for dtype, bits, has_offsets, block_m in variants:
+        floats = FLOAT_POINTERS[dtype]
+        pointers = dict(
+            x_ptr=floats,
+            codes_ptr="*u8" if bits == 4 else "*i8",
+            scales_ptr="*fp32",
+            offsets_ptr="*fp32",
+            out_ptr=floats,
+        )
+        constants = dict(
+            BITS=bits,
+            HAS_OFFSETS=has_offsets,
+            DOT=dot_dtype(dtype),
+            PRECISION=dot_precision(dtype),
+            BLOCK_M=block_m,
+            BLOCK_N=matmul.BLOCK_N,
+            BLOCK_K=matmul.BLOCK_K,
+        )
+        compile_kernel(matmul._quantized_matmul_kernel, pointers, constants, capability)
+
+
 def main(capability: int) -> None:
     """Float8 e4m3 caches only where Triton has the type (8.9 on), as the backend chooses."""
     store_kernel("*i8", integer=True, capability=capability)
@@ -177,6 +210,7 @@ def main(capability: int) -> None:
     sparse_prefill_kernel("*i8", torch.bfloat16, quantized=True, capability=capability)
     layer_op_kernels(capability)
     expert_kernel(capability)
+    quantized_matmul_kernels(capability)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,13 @@ def concatenate_float8_rows(parts: list[Float8Weight]) -> Float8Weight:
 
 def dequantize_float8(weight: Float8Weight, dtype: torch.dtype) -> torch.Tensor:
     """W as `dtype` [n, k]: each value times its scale in float32, rounded once."""
-    k = weight.shape[1]
+    n, k = weight.shape
+    values = weight.values.to(torch.float32)
+    if k % weight.block_k == 0:  # scales broadcast over whole blocks: no [n, k] copy of them
+        blocks = values.view(n, k // weight.block_k, weight.block_k) * weight.scales[..., None]
+        return blocks.view(n, k).to(dtype)
     scales = weight.scales.repeat_interleave(weight.block_k, dim=1)[:, :k]
-    return (weight.values.to(torch.float32) * scales).to(dtype)
+    return (values * scales).to(dtype)
 
 
 def float8_matmul(x: torch.Tensor, weight: Float8Weight) -> torch.Tensor:

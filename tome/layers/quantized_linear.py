@@ -7,9 +7,19 @@ this machine has for the model's dtype. Measured on a 2-core AVX-512 Xeon at bat
   while torch's int4/int8 weight-only products take 0.8-3 ms in float32;
 - bfloat16 activations: torch's `_weight_int4pack_mm_for_cpu` and `_weight_int8pack_mm`
   (oneDNN-era kernels with AVX-512 and AVX2 paths) run as fast as the block kernel.
-Elsewhere (a CPU without the block kernel in float32, CUDA until its Triton kernels come)
-the weight is expanded for each call: it stays quantized in memory, at a cost in speed.
-An FP8 weight is expanded for each call on every device."""
+On CUDA with Triton installed, Tome's Triton kernel (tome/kernels/triton_quantized_matmul.py)
+expands the blocks tile by tile in registers. Elsewhere (a CPU without the block kernel in
+float32, CUDA without Triton) the weight is expanded for each call: it stays quantized in
+memory, at a cost in speed.
+
+An FP8 weight is expanded for each call on every device. vLLM instead runs
+`torch._scaled_mm` on e4m3 activations quantized per token at run time: that adds the
+activations' rounding to 3 mantissa bits (up to 2^-4 relative an element), so the layer
+would no longer compute the weight-only product the FP8 checkpoints are checked against,
+and 128 x 128 block scales do not fit its per-row scales; it is left out."""
+
+import importlib.util
+from functools import cache
 
 import torch
 from torch import nn
@@ -42,6 +52,8 @@ def quantized_linear(
     """The layer computing x @ W^T + bias for the model's dtype on `device`."""
     if isinstance(weight, Float8Weight):
         return Float8Linear(_to(weight, device), bias)
+    if device.type == "cuda" and _has_triton():
+        return TritonQuantizedLinear(weight, bias, device)
     kernel_reads_it = weight.bits == 4 or weight.offsets is None
     if uses_block_kernel(dtype, device) and kernel_reads_it:
         return BlockQuantizedLinear(pack(weight), bias)
@@ -77,6 +89,29 @@ class DequantizingLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
+class TritonQuantizedLinear(nn.Module):
+    """The Triton kernel's product over the weight packed once for it (4-bit codes two to
+    a byte), on `device`: half a byte or one a weight read per call, never expanded whole.
+    Its tests run it on the CPU in Triton's interpreter; the kernel itself needs CUDA."""
+
+    def __init__(
+        self, weight: BlockQuantizedWeight, bias: torch.Tensor | None, device: torch.device
+    ) -> None:
+        super().__init__()
+        # Imported only when chosen: Triton is an optional dependency.
+        from tome.kernels import triton_quantized_matmul
+
+        self._matmul = triton_quantized_matmul.quantized_matmul
+        self.weight = _to(triton_quantized_matmul.pack_for_triton(weight), device)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.weight.shape
+        out = self._matmul(x.reshape(-1, k), self.weight)
+        out = out.view(*x.shape[:-1], n)
+        return out if self.bias is None else out + self.bias
+
+
 class Float8Linear(nn.Module):
     def __init__(self, weight: Float8Weight, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -84,6 +119,19 @@ class Float8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = float8_matmul(x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
+class InputPermutedLinear(nn.Module):
+    """A layer whose weight's input columns are stored out of order (GPTQ's act-order
+    sorts them by group): y = x[..., order] @ W^T + bias, W quantized in `inner`."""
+
+    def __init__(self, order: torch.Tensor, inner: nn.Module, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.order, self.inner, self.bias = order, inner, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x.index_select(-1, self.order))
         return out if self.bias is None else out + self.bias
 
 
@@ -108,7 +156,9 @@ class Int4PackedLinear(nn.Module):
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
             weight.codes.to(torch.int32), INT4_INNER_K_TILES
         )
-        zeros = weight.offsets + 8 * weight.scales
+        zeros = 8 * weight.scales
+        if weight.offsets is not None:
+            zeros += weight.offsets
         self.scales_and_zeros = torch.stack([weight.scales.t(), zeros.t()], dim=-1).to(dtype)
         self.bias = bias
 
@@ -134,6 +184,11 @@ class Int8PackedLinear(nn.Module):
         out = torch.ops.aten._weight_int8pack_mm(rows, self.codes, self.scales)
         out = out.view(*x.shape[:-1], self.codes.shape[0])
         return out if self.bias is None else out + self.bias
+
+
+@cache
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def _one_scale_per_row(weight: BlockQuantizedWeight) -> bool:

@@ -11,9 +11,7 @@ from typing import Any
 import torch
 
 from tome.errors import ModelLoadError
-from tome.kernels.block_quantized_matmul import BlockQuantizedWeight, dequantize
-from tome.kernels.float8_matmul import Float8Weight, dequantize_float8
-from tome.loader.quantized_formats import CheckpointFormat, DecodedWeight
+from tome.loader.quantized_formats import CheckpointFormat
 from tome.loader.quantized_formats.awq import AwqFormat
 from tome.loader.quantized_formats.compressed_tensors import CompressedTensorsFormat
 from tome.loader.quantized_formats.fp8_blocks import Fp8BlockFormat
@@ -71,7 +69,8 @@ def decode_quantized(
         pending[module][suffix] = tensor
         if len(pending[module]) == len(parts[module]):
             decoded = checkpoint.decode(module, pending.pop(module))
-            yield f"{module}.weight", _in_natural_order(decoded)
+            # A weight over permuted inputs (GPTQ's act-order) keeps its order beside it.
+            yield f"{module}.weight", decoded if decoded.input_order is not None else decoded.weight
 
 
 def _quantized_parts(names: list[str], checkpoint: CheckpointFormat) -> dict[str, set[str]]:
@@ -88,19 +87,3 @@ def _quantized_parts(names: list[str], checkpoint: CheckpointFormat) -> dict[str
         if f"{module}.weight" in present:
             suffixes.add("weight")
     return parts
-
-
-def _in_natural_order(decoded: DecodedWeight) -> BlockQuantizedWeight | Float8Weight | torch.Tensor:
-    """The weight over the layer's own input order. GPTQ's act-order groups columns out
-    of order; such a layer is expanded to float here (its groups, put back in order, no
-    longer fall in blocks of 32)."""
-    if decoded.input_order is None:
-        return decoded.weight
-    weight = decoded.weight
-    if isinstance(weight, Float8Weight):
-        expanded = dequantize_float8(weight, torch.float32)
-    else:
-        expanded = dequantize(weight)
-    natural = torch.empty_like(expanded)
-    natural[:, decoded.input_order] = expanded
-    return natural

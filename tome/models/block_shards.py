@@ -23,10 +23,12 @@ from tome.layers.block_quantized_linear import StackedBlockQuantizedLinear
 from tome.layers.moe import FusedExperts
 from tome.layers.quantized_experts import QuantizedExperts
 from tome.layers.quantized_linear import (
+    InputPermutedLinear,
     quantized_embedding,
     quantized_linear,
     uses_block_kernel,
 )
+from tome.loader.quantized_formats import DecodedWeight
 
 QuantizedWeight = BlockQuantizedWeight | Float8Weight
 
@@ -54,8 +56,19 @@ class BlockShards:
             module = model.get_submodule(module_name)
             parts = [weight for _, weight in (shards[i] for i in sorted(shards))]
             complete = len(parts) == shard_count(target)
-            runs = _runs_of_one_layout(parts)
             dtype = module.weight.dtype
+            if any(isinstance(part, DecodedWeight) for part in parts):
+                permuted = complete and isinstance(module, nn.Linear) and _one_order(parts)
+                if not permuted:
+                    _expand(shards.values(), copy_float)
+                    continue
+                inner = quantized_linear(
+                    _concatenate([p.weight for p in parts]), None, dtype, device
+                )
+                layer = InputPermutedLinear(parts[0].input_order.to(device), inner, module.bias)
+                model.set_submodule(module_name, layer)
+                continue
+            runs = _runs_of_one_layout(parts)
             if complete and isinstance(module, nn.Linear) and len(runs) == 1:
                 layer = quantized_linear(_concatenate(parts), module.bias, dtype, device)
                 model.set_submodule(module_name, layer)
@@ -122,12 +135,31 @@ def _expand(
     shards: Iterable[tuple[str, QuantizedWeight]],
     copy_float: Callable[[str, torch.Tensor], None],
 ) -> None:
-    """Each (checkpoint name, weight) expanded to float and handed to copy_float."""
+    """Each (checkpoint name, weight) expanded to float, over the layer's own input order,
+    and handed to copy_float."""
     for name, weight in shards:
-        if isinstance(weight, Float8Weight):
-            copy_float(name, dequantize_float8(weight, torch.float32))
-        else:
-            copy_float(name, dequantize(weight))
+        copy_float(name, _expanded(weight))
+
+
+def _expanded(weight: QuantizedWeight | DecodedWeight) -> torch.Tensor:
+    if isinstance(weight, DecodedWeight):
+        # Column j of the stored weight multiplies input input_order[j].
+        natural = torch.empty(weight.shape)
+        natural[:, weight.input_order] = _expanded(weight.weight)
+        return natural
+    if isinstance(weight, Float8Weight):
+        return dequantize_float8(weight, torch.float32)
+    return dequantize(weight)
+
+
+def _one_order(parts: list) -> bool:
+    """Whether the parts are weights over one permutation of the inputs, in one layout
+    (a fused projection's parts read the same inputs, so act-order gives them one order)."""
+    if not all(isinstance(part, DecodedWeight) for part in parts):
+        return False
+    order = parts[0].input_order
+    same_order = all(torch.equal(part.input_order, order) for part in parts)
+    return same_order and len(_runs_of_one_layout([part.weight for part in parts])) == 1
 
 
 def _layout(weight: QuantizedWeight) -> tuple:

@@ -19,6 +19,7 @@ from tome.layers.block_quantized_linear import BlockQuantizedEmbedding, BlockQua
 from tome.layers.quantized_linear import DequantizingEmbedding, quantized_linear
 from tome.layers.rmsnorm import RMSNorm
 from tome.layers.rotary import RotaryEmbedding, apply_rotary
+from tome.loader.quantized_formats import DecodedWeight
 from tome.models.block_shards import BlockShards
 from tome.models.config import ModelConfig
 
@@ -203,7 +204,7 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name not in expected:
                 raise ModelLoadError(f"checkpoint has an unexpected tensor {name!r}")
-            if isinstance(tensor, BlockQuantizedWeight | Float8Weight):
+            if isinstance(tensor, BlockQuantizedWeight | Float8Weight | DecodedWeight):
                 _check_shape(name, tensor.shape, expected[name])
                 blocks.add(*self._target(name), name, tensor)
             else:

@@ -22,6 +22,10 @@ class DecodedWeight:
     weight: BlockQuantizedWeight | Float8Weight
     input_order: torch.Tensor | None = None
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.weight.shape
+
 
 class CheckpointFormat(Protocol):
     """What a format module exposes: which tensor-name suffixes make up one layer's
