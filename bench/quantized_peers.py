@@ -12,21 +12,19 @@ convert_hf_to_gguf.py; default the tests' cache, ~/.cache/tome/llama.cpp-convert
 LLAMA_PYTHON (a python with llama-cpp-python 0.3.36: quantizes, and runs llama.cpp; unset,
 llama.cpp is left out). Greedy, prefix caching off, random ids.
 - decode at batch 1: 64 tokens after a 1,024-token prompt, the time of 65 tokens less that
-  of 1 (each from a fresh prompt; medians of 3);
+  of 1 (each from a fresh prompt; medians of 3), as bench/moe_peers.py times it;
 - decode at batch 16: 16 requests of 128 prompt + 64 output tokens at once, output tokens
   over the wall time (Tome only: llama-cpp-python runs one sequence);
 - prefill of one 8,000-token prompt."""
 
 import json
 import os
-import random
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-PROMPT, DECODE, REPEATS = 1024, 64, 3
+from moe_peers import ids, rates, timed
+
 BATCH, BATCH_PROMPT, BATCH_OUT, LONG_PROMPT = 16, 128, 64, 8000
 # llama.cpp's LLAMA_FTYPE_MOSTLY_*. SmolLM2's rows of 576 are not whole K-quant
 # super-blocks of 256, so llama.cpp writes most Q4_K_M tensors in its fallback types
@@ -45,28 +43,6 @@ ENGINES = [
 ]
 
 
-def ids(count: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(3, 49152) for _ in range(count)]
-
-
-def timed(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
-def decode_rate(generate) -> float:
-    """generate(prompt ids, tokens) runs one request from a fresh prompt."""
-    generate(ids(64, 9), 2)  # warm-up
-    ones, manys = [], []
-    for repeat in range(REPEATS):
-        short, long = ids(PROMPT, 2 * repeat), ids(PROMPT, 2 * repeat + 1)
-        ones.append(timed(lambda prompt=short: generate(prompt, 1)))
-        manys.append(timed(lambda prompt=long: generate(prompt, DECODE + 1)))
-    return DECODE / (statistics.median(manys) - statistics.median(ones))
-
-
 def run_tome(workdir: Path, engine: str) -> dict:
     from tome import LLM, SamplingParams
 
@@ -80,7 +56,7 @@ def run_tome(workdir: Path, engine: str) -> dict:
     def params(tokens: int) -> SamplingParams:
         return SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
 
-    result = {"decode_b1_tok_s": decode_rate(lambda p, n: llm.generate(p, params(n)))}
+    result = {"decode_b1_tok_s": rates(lambda p, n: llm.generate(p, params(n)))["decode_tok_s"]}
     prompts = [ids(BATCH_PROMPT, 100 + i) for i in range(BATCH)]
     wall = timed(lambda: llm.generate(prompts, params(BATCH_OUT)))
     result["decode_b16_out_tok_s"] = BATCH * BATCH_OUT / wall
@@ -103,7 +79,7 @@ def run_llama_cpp(workdir: Path, engine: str) -> dict:
         for _ in range(tokens - 1):
             llm.eval(prompt[-1:])
 
-    result = {"decode_b1_tok_s": decode_rate(generate)}
+    result = {"decode_b1_tok_s": rates(generate)["decode_tok_s"]}
     result["prefill_8k_tok_s"] = LONG_PROMPT / timed(lambda: generate(ids(LONG_PROMPT, 7), 1))
     return result
 

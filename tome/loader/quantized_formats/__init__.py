@@ -8,7 +8,8 @@ from typing import Protocol
 
 import torch
 
-from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
+from tome.errors import ModelLoadError
+from tome.kernels.block_quantized_matmul import BLOCK, BlockQuantizedWeight
 from tome.kernels.float8_matmul import Float8Weight
 
 
@@ -39,3 +40,26 @@ class CheckpointFormat(Protocol):
         """`tensors`: this module's tensors by suffix, every one the checkpoint has.
         Raises ModelLoadError (one line naming the module) for what it cannot read."""
         ...
+
+
+def group_size_setting(value: object, format_name: str) -> int:
+    """A config's `group_size`: -1 (one group over all inputs) or a multiple of 32, so that
+    groups fall in whole blocks."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelLoadError(
+            f"{format_name} quantization_config: group_size {value!r} is not an integer"
+        )
+    if value != -1 and (value <= 0 or value % BLOCK):
+        raise ModelLoadError(
+            f"{format_name} quantization_config: group_size {value} is not -1 or a multiple "
+            f"of {BLOCK}"
+        )
+    return value
+
+
+def required_tensor(
+    module: str, tensors: dict[str, torch.Tensor], suffix: str, format_name: str
+) -> torch.Tensor:
+    if suffix not in tensors:
+        raise ModelLoadError(f"{module}: {format_name} layer has no {suffix}")
+    return tensors[suffix]

@@ -23,10 +23,9 @@ from typing import ClassVar
 import torch
 
 from tome.errors import ModelLoadError
-from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
-from tome.loader.quantized_formats import DecodedWeight
+from tome.kernels.block_quantized_matmul import BLOCK, BlockQuantizedWeight
+from tome.loader.quantized_formats import DecodedWeight, group_size_setting, required_tensor
 
-BLOCK = 32
 PER_WORD = 8  # 4-bit values in an int32
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 # The zero point of `zero_point: false` (symmetric) checkpoints: q in 0..15 stands for the
@@ -67,10 +66,10 @@ class AwqFormat:
             raise ModelLoadError(
                 f"AWQ quantization_config: zero_point {zero_point!r} is not a bool"
             )
-        return cls(_group_size(config.get("group_size")), zero_point)
+        return cls(group_size_setting(config.get("group_size"), "AWQ"), zero_point)
 
     def decode(self, module: str, tensors: dict[str, torch.Tensor]) -> DecodedWeight:
-        qweight = _required(module, tensors, "qweight")
+        qweight = required_tensor(module, tensors, "qweight", "AWQ")
         if qweight.dtype != torch.int32 or qweight.dim() != 2:
             raise ModelLoadError(
                 f"{module}: AWQ qweight is {qweight.dtype} {tuple(qweight.shape)}, "
@@ -84,7 +83,7 @@ class AwqFormat:
                 f"{group} and of {BLOCK}"
             )
         groups = k // group
-        scales = _required(module, tensors, "scales")
+        scales = required_tensor(module, tensors, "scales", "AWQ")
         if scales.dtype not in SCALE_DTYPES or tuple(scales.shape) != (groups, n):
             raise ModelLoadError(
                 f"{module}: AWQ scales are {scales.dtype} {tuple(scales.shape)}, expected "
@@ -112,22 +111,6 @@ class AwqFormat:
                 f"{(groups, n // PER_WORD)}"
             )
         return _unpack_columns(qzeros)
-
-
-def _group_size(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ModelLoadError(f"AWQ quantization_config: group_size {value!r} is not an integer")
-    if value != -1 and (value <= 0 or value % BLOCK):
-        raise ModelLoadError(
-            f"AWQ quantization_config: group_size {value} is not -1 or a multiple of {BLOCK}"
-        )
-    return value
-
-
-def _required(module: str, tensors: dict[str, torch.Tensor], suffix: str) -> torch.Tensor:
-    if suffix not in tensors:
-        raise ModelLoadError(f"{module}: AWQ layer has no {suffix}")
-    return tensors[suffix]
 
 
 def _unpack_columns(packed: torch.Tensor) -> torch.Tensor:

@@ -38,10 +38,9 @@ from typing import ClassVar
 import torch
 
 from tome.errors import ModelLoadError
-from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
-from tome.loader.quantized_formats import DecodedWeight
+from tome.kernels.block_quantized_matmul import BLOCK, BlockQuantizedWeight
+from tome.loader.quantized_formats import DecodedWeight, group_size_setting, required_tensor
 
-BLOCK = 32
 WORD_BITS = 32
 SUPPORTED_BITS = (4, 8)
 # checkpoint_format -> whether qzeros hold z - 1 (v1).
@@ -84,12 +83,12 @@ class GptqFormat:
         desc_act = config.get("desc_act", False)
         if not isinstance(desc_act, bool):
             raise ModelLoadError(f"GPTQ quantization_config: desc_act {desc_act!r} is not a bool")
-        group_size = _group_size(config.get("group_size"))
+        group_size = group_size_setting(config.get("group_size"), "GPTQ")
         return cls(bits, group_size, desc_act, CHECKPOINT_FORMATS[checkpoint_format])
 
     def decode(self, module: str, tensors: dict[str, torch.Tensor]) -> DecodedWeight:
         per_word = WORD_BITS // self.bits
-        qweight = _required(module, tensors, "qweight")
+        qweight = required_tensor(module, tensors, "qweight", "GPTQ")
         if qweight.dtype != torch.int32 or qweight.dim() != 2:
             raise ModelLoadError(
                 f"{module}: GPTQ qweight is {qweight.dtype} {tuple(qweight.shape)}, expected "
@@ -103,13 +102,13 @@ class GptqFormat:
             )
         group = k if self.group_size == -1 else self.group_size
         groups = -(-k // group)
-        scales = _required(module, tensors, "scales")
+        scales = required_tensor(module, tensors, "scales", "GPTQ")
         if scales.dtype not in SCALE_DTYPES or tuple(scales.shape) != (groups, n):
             raise ModelLoadError(
                 f"{module}: GPTQ scales are {scales.dtype} {tuple(scales.shape)}, expected "
                 f"float16 or bfloat16 {(groups, n)} from qweight {tuple(qweight.shape)}"
             )
-        zeros = self._zeros(module, _required(module, tensors, "qzeros"), groups, n)
+        zeros = self._zeros(module, required_tensor(module, tensors, "qzeros", "GPTQ"), groups, n)
         order, block_groups = self._grouping(module, tensors.get("g_idx"), k, group, groups)
         codes = _unpack_rows(qweight, self.bits)  # [k, n]
         if order is not None:
@@ -222,19 +221,3 @@ def _expect(config: dict, key: str, default: object, allowed: tuple) -> object:
     if value not in allowed:
         raise ModelLoadError(f"GPTQ quantization_config: {key} {value!r} is not supported")
     return value
-
-
-def _group_size(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ModelLoadError(f"GPTQ quantization_config: group_size {value!r} is not an integer")
-    if value != -1 and (value <= 0 or value % BLOCK):
-        raise ModelLoadError(
-            f"GPTQ quantization_config: group_size {value} is not -1 or a multiple of {BLOCK}"
-        )
-    return value
-
-
-def _required(module: str, tensors: dict[str, torch.Tensor], suffix: str) -> torch.Tensor:
-    if suffix not in tensors:
-        raise ModelLoadError(f"{module}: GPTQ layer has no {suffix}")
-    return tensors[suffix]
