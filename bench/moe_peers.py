@@ -93,16 +93,21 @@ def run_llama_cpp(workdir: Path, name: str) -> dict:
     from llama_cpp import Llama
 
     llm = Llama(str(workdir / name), n_ctx=4096, n_threads=os.cpu_count(), verbose=False)
+    return rates(llama_cpp_generator(llm))
 
-    def generate(prompt, tokens):
-        # The prompt from scratch (no reuse of the previous one's KV), then one token a
-        # step: a step costs the same whichever token it feeds.
+
+def llama_cpp_generator(llm):
+    """generate(prompt ids, tokens) on a llama_cpp.Llama: the prompt from scratch (no reuse
+    of the previous one's KV), then one token a step (a step costs the same whichever
+    token it feeds)."""
+
+    def generate(prompt: list[int], tokens: int) -> None:
         llm.reset()
         llm.eval(prompt)
         for _ in range(tokens - 1):
             llm.eval(prompt[-1:])
 
-    return rates(generate)
+    return generate
 
 
 def run_vllm(workdir: Path) -> dict:

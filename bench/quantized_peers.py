@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from moe_peers import ids, rates, timed
+from moe_peers import ids, llama_cpp_generator, rates, timed
 
 BATCH, BATCH_PROMPT, BATCH_OUT, LONG_PROMPT = 16, 128, 64, 8000
 # llama.cpp's LLAMA_FTYPE_MOSTLY_*. SmolLM2's rows of 576 are not whole K-quant
@@ -71,14 +71,7 @@ def run_llama_cpp(workdir: Path, engine: str) -> dict:
 
     name = f"model-{engine.removeprefix('llama-')}.gguf"
     llm = Llama(str(workdir / name), n_ctx=8192, n_threads=os.cpu_count(), verbose=False)
-
-    def generate(prompt, tokens):
-        # The prompt from scratch, then one token a step.
-        llm.reset()
-        llm.eval(prompt)
-        for _ in range(tokens - 1):
-            llm.eval(prompt[-1:])
-
+    generate = llama_cpp_generator(llm)
     result = {"decode_b1_tok_s": rates(generate)["decode_tok_s"]}
     result["prefill_8k_tok_s"] = LONG_PROMPT / timed(lambda: generate(ids(LONG_PROMPT, 7), 1))
     return result
