@@ -32,3 +32,6 @@ def test_greedy_chat_equals_transformers_gguf(gguf_weights):
     assert ours.prompt_token_ids == prompt
     assert ours.token_ids == tokens
     assert ours.text.strip()
+    # What /v1/models reports: the type the package names its file by.
+    assert path.name.endswith(".Q4_1.gguf")
+    assert llm.engine.weight_quantization == "gguf Q4_1"

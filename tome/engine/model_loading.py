@@ -15,6 +15,7 @@ from tome.kernels.block_quantized_matmul import runs_fast
 from tome.layers.transposed_linear import transpose_layer_linears
 from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
+from tome.loader.gguf_weights import gguf_file_type
 from tome.loader.model_source import ModelSource
 from tome.loader.quantized_checkpoint import quant_method
 from tome.models.config import ModelConfig
@@ -46,7 +47,11 @@ class LoadedModel:
     def weight_quantization(self) -> str | None:
         """How the weights are quantized, for clients: a pre-quantized checkpoint's
         quant_method ("awq", "gptq", "compressed-tensors", "fp8"), else the scheme applied
-        at load ("int8", ...), else None."""
+        at load ("int8", ...), or a GGUF file's type ("gguf Q4_1"), else None."""
+        if self.source.kind == "gguf":
+            file_type = gguf_file_type(self.source.path)
+            gguf = f"gguf {file_type}" if file_type else None
+            return ", ".join(part for part in (gguf, self.quantization) if part) or None
         return quant_method(self.config.hf_config) or self.quantization
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGUFReader, ReaderTensor
+from gguf import GGUFReader, LlamaFileType, ReaderTensor
 from gguf.quants import dequantize
 
 from tome.errors import ModelLoadError, UnsupportedArchitectureError
@@ -107,6 +107,27 @@ def open_gguf(path: Path) -> GGUFReader:
     # IndexError, KeyError, ...), so any failure here means "not a usable GGUF".
     except Exception as exc:
         raise ModelLoadError(f"{path.name} is not a readable GGUF file: {one_line(exc)}") from exc
+
+
+# llama.cpp's file types whose tensors are floats.
+FLOAT_FILE_TYPES = frozenset({"MOSTLY_F16", "MOSTLY_BF16"})
+
+
+def gguf_file_type(path: Path) -> str | None:
+    """The file's quantization as llama.cpp names it ("Q4_1", "Q4_K_M"), None for a file of
+    float tensors (F32, F16, BF16) or one that does not say."""
+    field = open_gguf(path).get_field("general.file_type")
+    if field is None:
+        return None
+    try:
+        name = LlamaFileType(int(field.contents())).name
+    except ValueError:  # a type newer than the gguf package
+        return None
+    return (
+        None
+        if name.startswith("ALL_") or name in FLOAT_FILE_TYPES
+        else name.removeprefix("MOSTLY_")
+    )
 
 
 def _architecture(reader: GGUFReader, path: Path) -> str:
