@@ -316,6 +316,15 @@ def test_models_tokenize_health_and_metrics(client, server, hf_tokenizer):
     assert counted["max_model_len"] == 1024
     plain = httpx.post(f"{server.base_url}/tokenize", json={"prompt": "Hello there"}).json()
     assert plain["tokens"] == hf_tokenizer.encode("Hello there")
+    # The long-text platform's estimate: its shape, and the chat template's count.
+    estimate = client.post(
+        "/tokenizers/estimate-token-count",
+        body={"model": MODEL, "messages": messages},
+        cast_to=httpx.Response,
+    ).json()
+    assert estimate == {"data": {"total_tokens": len(chat_ids(hf_tokenizer, messages))}}
+    empty = httpx.post(f"{server.base_url}/tokenizers/estimate-token-count", json={"messages": []})
+    assert empty.status_code == 400 and "messages" in empty.json()["error"]["message"]
     assert httpx.get(f"{server.root}/health").json() == {"status": "ok"}
     metrics = server.metrics()
     assert metrics['tome_requests_total{endpoint="/v1/chat/completions",status="200"}'] >= 1

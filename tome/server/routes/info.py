@@ -1,4 +1,5 @@
-"""GET /v1/models, POST /v1/tokenize, GET /health, GET /metrics."""
+"""GET /v1/models, POST /v1/tokenize, POST /v1/tokenizers/estimate-token-count, GET /health,
+GET /metrics."""
 
 import asyncio
 from typing import Annotated
@@ -11,7 +12,15 @@ from tome.server.auth import authenticate
 from tome.server.limits import Caller
 from tome.server.metrics import read_snapshot
 from tome.server.prompts import prompt_ids_of
-from tome.server.schemas.misc import ModelCard, ModelList, TokenizeRequest, TokenizeResponse
+from tome.server.schemas.misc import (
+    EstimateTokenCountRequest,
+    EstimateTokenCountResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenTotal,
+)
 from tome.server.state import server_state
 
 router = APIRouter()
@@ -36,6 +45,17 @@ async def tokenize(body: TokenizeRequest, request: Request, _: Authenticated) ->
     server = server_state(request)
     ids = await server.tokenize(prompt_ids_of, server.tokenizer, body.prompt, body.messages)
     return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=server.max_model_len)
+
+
+@router.post("/v1/tokenizers/estimate-token-count")
+async def estimate_token_count(
+    body: EstimateTokenCountRequest, request: Request, _: Authenticated
+) -> EstimateTokenCountResponse:
+    """The tokens the chat template makes of these messages: what a chat request with them
+    would count as its prompt."""
+    server = server_state(request)
+    ids = await server.tokenize(prompt_ids_of, server.tokenizer, None, body.messages)
+    return EstimateTokenCountResponse(data=TokenTotal(total_tokens=len(ids)))
 
 
 @router.get("/health")

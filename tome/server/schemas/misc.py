@@ -39,6 +39,23 @@ class TokenizeRequest(StrictModel):
         return self
 
 
+class EstimateTokenCountRequest(StrictModel):
+    """The long-text platform's token estimate: the messages of a chat request."""
+
+    model: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+class TokenTotal(BaseModel):
+    total_tokens: int
+
+
+class EstimateTokenCountResponse(BaseModel):
+    """As the platform answers: {"data": {"total_tokens": N}}."""
+
+    data: TokenTotal
+
+
 class TokenizeResponse(BaseModel):
     tokens: list[int]
     count: int
