@@ -57,14 +57,19 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict]) -> list[int]:
-        """Prompt ids for a chat, ending where the assistant's reply begins."""
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Prompt ids for a chat, ending where the assistant's reply begins; without the
+        generation prompt, a prefix that later messages continue (a cached context)."""
         if not self.hf.chat_template:
             raise InvalidRequestError(
                 "this model has no chat template; use the completions API with a plain prompt"
             )
         try:
-            text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.hf.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
         # Templates are code run on the caller's messages: besides jinja's own errors they
         # fail with whatever Python raises on content of an unexpected type.
         except (TemplateError, TypeError, ValueError) as exc:

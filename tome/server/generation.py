@@ -57,11 +57,13 @@ class Generation:
         priority: int,
         on_first_token: Callable[[], None],
         on_close: Callable[[GenerationResult], None],
+        cached_prefix: int = 0,
     ) -> None:
         self.engine = engine
         self.request_id = request_id
         self.choices = choices
         self.priority = priority
+        self.cached_prefix = cached_prefix
         self._on_first_token = on_first_token
         self._on_close = on_close
         self._started_at = time.perf_counter()
@@ -152,5 +154,6 @@ class Generation:
                 counts.completion += len(out.token_ids)
         for outputs in by_prompt.values():
             counts.prompt += len(outputs[0].prompt_token_ids)
-            counts.cached += min(out.num_cached_tokens for out in outputs)
+            found = min(out.num_cached_tokens for out in outputs)
+            counts.cached += max(found, self.cached_prefix)
         return counts

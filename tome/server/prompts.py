@@ -21,6 +21,9 @@ MAX_ENGINE_REQUESTS = 64  # answers one API request may ask for (prompts x n)
 @dataclass
 class Plan:
     choices: list[ChoiceRequest]
+    # Tokens of a context cache the prompt starts with (/v1/caching): reported as cached
+    # even where the engine recomputes the cache's last, partial KV block.
+    cached_prefix: int = 0
 
     @property
     def prompt_tokens(self) -> int:

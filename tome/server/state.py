@@ -17,6 +17,7 @@ from tome.assistant.retrieval.index_cache import IndexCache
 from tome.assistant.web import SearchProvider
 from tome.engine.async_engine import AsyncEngine
 from tome.loader.tokenizer import Tokenizer
+from tome.server.cache_registry import CacheRegistry
 from tome.server.format_logprobs import TokenTexts
 from tome.server.generation import Generation, GenerationResult
 from tome.server.ledger import UsageLedger
@@ -50,6 +51,7 @@ class ServerState:
     limiter: Limiter = field(default_factory=Limiter)
     queue: QueueWaitEstimator = field(default_factory=QueueWaitEstimator)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    caches: CacheRegistry = field(default_factory=CacheRegistry)  # /v1/caching, by id
     created: int = field(default_factory=lambda: int(time.time()))
     # One thread tokenizes: long prompts stay off the event loop, and the tokenizer is
     # never entered by two server threads at once.
@@ -97,6 +99,7 @@ class ServerState:
             request_id,
             plan.choices,
             priority,
+            cached_prefix=plan.cached_prefix,
             on_first_token=lambda: self.queue.start(priority),
             on_close=on_close,
         )

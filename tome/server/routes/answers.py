@@ -21,7 +21,7 @@ from tome.server.answering import (
     gather_sources,
     load_turn,
 )
-from tome.server.errors_json import error_body
+from tome.server.errors_json import error_body, error_responses
 from tome.server.limits import Admission
 from tome.server.schemas.answers import Answer, AnswerRequest
 from tome.server.schemas.conversations import Message
@@ -32,7 +32,15 @@ router = APIRouter()
 Admitted = Annotated[Admission, Depends(admit)]
 
 
-@router.post("/v1/conversations/{conversation_id}/answers", response_model=None)
+@router.post(
+    "/v1/conversations/{conversation_id}/answers",
+    response_model=None,
+    responses={
+        **error_responses(400, 401, 403, 404, 413, 415, 429, 502, 503, 504),
+        # Streamed (the default) as server-sent events; whole ("stream": false) as an Answer.
+        200: {"model": Answer, "content": {"text/event-stream": {}}},
+    },
+)
 async def answer(
     conversation_id: str, body: AnswerRequest, request: Request, admission: Admitted
 ) -> Answer | EventStream:

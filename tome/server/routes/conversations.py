@@ -11,6 +11,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from tome.server.attachments import store_attachment
 from tome.server.auth import authenticate
 from tome.server.conversation_export import conversation_markdown
+from tome.server.errors_json import (
+    AUTHENTICATED,
+    BODY_BY_ID,
+    BY_ID,
+    WITH_BODY,
+    error_responses,
+)
 from tome.server.limits import Caller
 from tome.server.schemas.conversations import (
     Attachment,
@@ -50,36 +57,36 @@ class Conversations:
 Store = Annotated[Conversations, Depends()]
 
 
-@router.post("")
+@router.post("", responses=WITH_BODY)
 async def create_conversation(store: Store, body: NewConversation | None = None) -> Conversation:
     title = body.title if body is not None else None
     return summary_of(await store.run(ConversationStore.create, title))
 
 
-@router.get("")
+@router.get("", responses=AUTHENTICATED)
 async def list_conversations(store: Store) -> ConversationList:
     return ConversationList(data=[summary_of(r) for r in await store.run(ConversationStore.list)])
 
 
-@router.get("/{conversation_id}")
+@router.get("/{conversation_id}", responses=BY_ID)
 async def get_conversation(conversation_id: str, store: Store) -> ConversationDetail:
     return detail_of(await store.run(ConversationStore.get, conversation_id))
 
 
-@router.patch("/{conversation_id}")
+@router.patch("/{conversation_id}", responses=BODY_BY_ID)
 async def rename_conversation(
     conversation_id: str, body: RenameConversation, store: Store
 ) -> Conversation:
     return summary_of(await store.run(ConversationStore.rename, conversation_id, body.title))
 
 
-@router.delete("/{conversation_id}")
+@router.delete("/{conversation_id}", responses=BY_ID)
 async def delete_conversation(conversation_id: str, store: Store) -> Deleted:
     await store.run(ConversationStore.delete, conversation_id)
     return Deleted(id=conversation_id, object="conversation.deleted")
 
 
-@router.post("/{conversation_id}/messages")
+@router.post("/{conversation_id}/messages", responses=BODY_BY_ID)
 async def add_message(conversation_id: str, body: NewMessage, store: Store) -> Message:
     metadata = body.metadata.model_dump() if body.metadata is not None else None
     record = await store.run(
@@ -88,7 +95,10 @@ async def add_message(conversation_id: str, body: NewMessage, store: Store) -> M
     return Message.of(record)
 
 
-@router.post("/{conversation_id}/attachments")
+@router.post(
+    "/{conversation_id}/attachments",
+    responses=error_responses(400, 401, 403, 404, 413, 415, 502, 504),
+)
 async def attach(
     conversation_id: str, body: NewAttachment, store: Store, request: Request, caller: Authenticated
 ) -> Attachment:
@@ -105,13 +115,19 @@ async def attach(
     return Attachment.of(record)
 
 
-@router.delete("/{conversation_id}/attachments/{attachment_id}")
+@router.delete("/{conversation_id}/attachments/{attachment_id}", responses=BY_ID)
 async def detach(conversation_id: str, attachment_id: str, store: Store) -> Deleted:
     await store.run(ConversationStore.detach, conversation_id, attachment_id)
     return Deleted(id=attachment_id, object="conversation.attachment.deleted")
 
 
-@router.get("/{conversation_id}/export")
+@router.get(
+    "/{conversation_id}/export",
+    responses={
+        **BODY_BY_ID,
+        200: {"model": ConversationDetail, "content": {"text/markdown": {}}},
+    },
+)
 async def export_conversation(
     conversation_id: str,
     store: Store,

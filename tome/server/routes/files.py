@@ -2,12 +2,13 @@
 (the extracted text). A key sees only the files it uploaded; another key's are 404."""
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from tome.server.auth import authenticate
+from tome.server.errors_json import BY_ID, WITH_BODY, error_responses
 from tome.server.limits import Caller
 from tome.server.schemas.files import FileDeleted, FileList, FileObject
 from tome.server.state import server_state
@@ -17,9 +18,12 @@ router = APIRouter()
 Authenticated = Annotated[Caller, Depends(authenticate)]
 
 
-@router.post("/v1/files")
+@router.post("/v1/files", responses=error_responses(400, 401, 403, 413, 415))
 async def create_file(
-    file: UploadFile, purpose: Annotated[str, Form()], request: Request, caller: Authenticated
+    file: UploadFile,
+    purpose: Annotated[Literal["file-extract"], Form()],
+    request: Request,
+    caller: Authenticated,
 ) -> FileObject:
     filename = check_upload(file.filename, file.size, purpose, caller)
     data = await file.read()
@@ -27,7 +31,7 @@ async def create_file(
     return FileObject.of(record)
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", responses=WITH_BODY)
 async def list_files(
     request: Request, caller: Authenticated, purpose: str | None = None
 ) -> FileList:
@@ -36,19 +40,19 @@ async def list_files(
     return FileList(data=[FileObject.of(record) for record in records])
 
 
-@router.get("/v1/files/{file_id}")
+@router.get("/v1/files/{file_id}", responses=BY_ID)
 async def retrieve_file(file_id: str, request: Request, caller: Authenticated) -> FileObject:
     store = file_store(server_state(request))
     return FileObject.of(await asyncio.to_thread(store.get, caller.key_id, file_id))
 
 
-@router.get("/v1/files/{file_id}/content", response_class=PlainTextResponse)
+@router.get("/v1/files/{file_id}/content", response_class=PlainTextResponse, responses=BY_ID)
 async def file_content(file_id: str, request: Request, caller: Authenticated) -> str:
     store = file_store(server_state(request))
     return await asyncio.to_thread(store.text, caller.key_id, file_id)
 
 
-@router.delete("/v1/files/{file_id}")
+@router.delete("/v1/files/{file_id}", responses=BY_ID)
 async def delete_file(file_id: str, request: Request, caller: Authenticated) -> FileDeleted:
     store = file_store(server_state(request))
     await asyncio.to_thread(store.delete, caller.key_id, file_id)

@@ -5,8 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from tome.server import caching
 from tome.server.admission import admit
 from tome.server.errors import ModelNotFoundError
+from tome.server.errors_json import GENERATING
 from tome.server.format_chat import ChatFormatter
 from tome.server.format_completions import CompletionFormatter
 from tome.server.limits import Admission
@@ -19,15 +21,22 @@ from tome.server.streaming import EventStream, Formatter, stream_events, until_d
 
 router = APIRouter()
 Admitted = Annotated[Admission, Depends(admit)]
+STREAMED = {"text/event-stream": {}}  # the answer with "stream": true
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={**GENERATING, 200: {"model": ChatCompletion, "content": STREAMED}},
+)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, admission: Admitted
 ) -> ChatCompletion | EventStream:
     server = _serving(request, body.model)
     tier = admission.caller.tier
+    body, cached_ids = await caching.continue_cache(server, admission.caller, body)
     plan = await server.tokenize(plan_chat, body, server.tokenizer, server.max_model_len, tier)
+    plan.cached_prefix = caching.shared_prefix(plan, cached_ids)
     request_id = server.new_request_id("chatcmpl")
     formatter = ChatFormatter(
         request_id, server.model_name, int(time.time()), server.token_texts, body.logprobs
@@ -35,7 +44,11 @@ async def create_chat_completion(
     return await _answer(request, server, admission, "chat", request_id, plan, formatter, body)
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses={**GENERATING, 200: {"model": Completion, "content": STREAMED}},
+)
 async def create_completion(
     body: CompletionRequest, request: Request, admission: Admitted
 ) -> Completion | EventStream:

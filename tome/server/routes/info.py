@@ -5,10 +5,11 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tome.server.auth import authenticate
+from tome.server.errors_json import AUTHENTICATED, WITH_BODY
 from tome.server.limits import Caller
 from tome.server.metrics import read_snapshot
 from tome.server.prompts import prompt_ids_of
@@ -28,7 +29,7 @@ Authenticated = Annotated[Caller, Depends(authenticate)]
 HEALTH_TIMEOUT_S = 30.0  # the engine answers between steps; a long prefill step takes a while
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=AUTHENTICATED)
 async def list_models(request: Request, _: Authenticated) -> ModelList:
     server = server_state(request)
     card = ModelCard(
@@ -40,14 +41,14 @@ async def list_models(request: Request, _: Authenticated) -> ModelList:
     return ModelList(data=[card])
 
 
-@router.post("/v1/tokenize")
+@router.post("/v1/tokenize", responses=WITH_BODY)
 async def tokenize(body: TokenizeRequest, request: Request, _: Authenticated) -> TokenizeResponse:
     server = server_state(request)
     ids = await server.tokenize(prompt_ids_of, server.tokenizer, body.prompt, body.messages)
     return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=server.max_model_len)
 
 
-@router.post("/v1/tokenizers/estimate-token-count")
+@router.post("/v1/tokenizers/estimate-token-count", responses=WITH_BODY)
 async def estimate_token_count(
     body: EstimateTokenCountRequest, request: Request, _: Authenticated
 ) -> EstimateTokenCountResponse:
@@ -58,7 +59,13 @@ async def estimate_token_count(
     return EstimateTokenCountResponse(data=TokenTotal(total_tokens=len(ids)))
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={
+        200: {"description": "The engine answers.", "content": {"application/json": {}}},
+        503: {"description": "The engine does not answer.", "content": {"application/json": {}}},
+    },
+)
 async def health(request: Request) -> JSONResponse:
     """200 while the engine thread answers; 503 when it does not."""
     engine = server_state(request).engine
@@ -69,7 +76,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     server = server_state(request)
     snapshot = await server.engine.call(read_snapshot)

@@ -1,8 +1,9 @@
 """Fields and models shared by the chat and completions APIs."""
 
+import sys
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tome.engine.sampling_params import MAX_LOGPROBS
 
@@ -18,7 +19,7 @@ class StrictModel(BaseModel):
 
 
 class StreamOptions(StrictModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class SamplingFields(StrictModel):
@@ -26,16 +27,20 @@ class SamplingFields(StrictModel):
 
     model: str
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    # Above 0, as the smallest normal float: the server process flushes subnormal numbers to
+    # zero (5e-324 compares as 0), so the schema must not promise them.
+    top_p: Annotated[float, Field(ge=sys.float_info.min, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None  # torch's seed range
+    # JSON's safe integers (I-JSON, RFC 7493): a bound past 2**53 is a float to most JSON
+    # tools, so they and the server would disagree about the numbers next to it.
+    seed: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     # Extension (as in vLLM): keep generating past end-of-sequence, for benchmarks.
-    ignore_eos: bool = False
+    ignore_eos: StrictBool = False
 
     @property
     def include_usage(self) -> bool:

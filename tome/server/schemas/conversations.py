@@ -1,10 +1,18 @@
 """/v1/conversations: request bodies (checked at the boundary) and the records returned."""
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from tome.server.markdown_render import render_markdown
 from tome.server.schemas.common import StrictModel
@@ -16,10 +24,22 @@ MAX_CITATIONS = 200
 MAX_URL_CHARS = 2048
 MAX_EXCERPT_CHARS = 4000
 
+# Checked as sent (so that the schema's limits are the server's), then stripped: a title
+# needs one character that is not whitespace.
 Title = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)
+    str,
+    # Python's strip takes \x1c-\x1f too; the pattern is checked by Rust's regex.
+    StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS, pattern=r"[^\s\x1c-\x1f]"),
+    AfterValidator(str.strip),
 ]
 FileId = Annotated[str, StringConstraints(pattern=r"^file-[A-Za-z0-9_-]{1,64}$")]
+# An http(s) URL with a host: ASCII only up to the path, so that urlsplit takes it as written.
+# Checked in `_one_target` with Python's re (the schema's readers use it too), for a message
+# that says what is wrong rather than the pattern.
+WEB_URL = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%!$&'()*+,;=:@-]+([/?#]\S*)?$")
+WebUrl = Annotated[
+    str, Field(max_length=MAX_URL_CHARS, json_schema_extra={"pattern": WEB_URL.pattern})
+]
 
 
 class NewConversation(StrictModel):
@@ -61,6 +81,21 @@ class AnswerMetadata(BaseModel):
 
 
 class NewMessage(StrictModel):
+    # What `_metadata_on_answers_only` checks, said in the schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"properties": {"role": {"const": "assistant"}}},
+                {
+                    "properties": {
+                        "role": {"enum": ["system", "user"]},
+                        "metadata": {"type": "null"},
+                    }
+                },
+            ]
+        }
+    )
+
     role: Literal["system", "user", "assistant"]
     content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
     metadata: AnswerMetadata | None = None
@@ -75,9 +110,33 @@ class NewMessage(StrictModel):
 class NewAttachment(StrictModel):
     """A file uploaded through /v1/files (by id), or a URL."""
 
+    # What `_one_target` checks, said in the schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "properties": {
+                        "kind": {"const": "file"},
+                        "file_id": {"type": "string"},
+                        "url": {"type": "null"},
+                    },
+                    "required": ["file_id"],
+                },
+                {
+                    "properties": {
+                        "kind": {"const": "url"},
+                        "url": {"type": "string"},
+                        "file_id": {"type": "null"},
+                    },
+                    "required": ["url"],
+                },
+            ]
+        }
+    )
+
     kind: Literal["file", "url"]
     file_id: FileId | None = None
-    url: Annotated[str, Field(max_length=MAX_URL_CHARS)] | None = None
+    url: WebUrl | None = None
     title: Annotated[str, Field(max_length=500)] = ""
 
     @model_validator(mode="after")
@@ -87,6 +146,8 @@ class NewAttachment(StrictModel):
         if self.kind == "url":
             if self.url is None or self.file_id is not None:
                 raise ValueError("a url attachment needs url (and no file_id)")
+            if WEB_URL.match(self.url) is None:
+                raise ValueError("url: must be an http or https URL (with a host)")
             parts = urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ValueError("url: must be an http or https URL")

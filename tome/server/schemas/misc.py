@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tome.server.schemas.chat import ChatMessage
 from tome.server.schemas.common import StrictModel
@@ -27,6 +27,22 @@ class ModelList(BaseModel):
 class TokenizeRequest(StrictModel):
     """A prompt (tokenized as the completions API would), or messages (as the chat API
     would, through the chat template): exactly one of them."""
+
+    # What `_one_input` checks, said in the schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}},
+                    "required": ["prompt"],
+                },
+                {
+                    "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}},
+                    "required": ["messages"],
+                },
+            ]
+        }
+    )
 
     model: str | None = None
     prompt: str | None = None

@@ -1,0 +1,52 @@
+"""POST/GET/PUT/DELETE /v1/caching: context caches, shaped like the long-text platform's
+(Moonshot/Kimi), so its clients and cookbooks work here unchanged."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from tome.server.schemas.chat import ChatMessage
+from tome.server.schemas.common import StrictModel
+
+DEFAULT_TTL_S = 3600
+MAX_TTL_S = 7 * 24 * 3600  # a week: a pin holds KV memory, it is not storage
+MAX_METADATA_ITEMS = 16
+
+TimeToLive = Annotated[int, Field(ge=1, le=MAX_TTL_S)]
+
+
+class CacheCreateRequest(StrictModel):
+    model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    name: Annotated[str, Field(max_length=256)] | None = None
+    description: Annotated[str, Field(max_length=4096)] | None = None
+    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA_ITEMS)] | None = None
+    ttl: TimeToLive = DEFAULT_TTL_S
+
+
+class CacheUpdateRequest(StrictModel):
+    ttl: TimeToLive
+
+
+class ContextCacheObject(BaseModel):
+    id: str
+    object: Literal["context_cache_object"] = "context_cache_object"
+    status: Literal["pending", "ready", "error", "inactive"]
+    model: str
+    name: str | None
+    description: str | None
+    metadata: dict[str, str]
+    tokens: int
+    created_at: int
+    expired_at: int
+
+
+class ContextCacheList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ContextCacheObject]
+
+
+class CacheDeleted(BaseModel):
+    id: str
+    object: Literal["context_cache_object.deleted"] = "context_cache_object.deleted"
+    deleted: bool = True
