@@ -43,6 +43,11 @@ def uses_block_kernel(dtype: torch.dtype, device: torch.device) -> bool:
     return device.type == "cpu" and dtype == torch.float32 and runs_fast()
 
 
+def block_kernel_reads(weight: BlockQuantizedWeight | Float8Weight) -> bool:
+    """Whether the block kernel reads this weight as it is (it has no 8-bit offsets)."""
+    return isinstance(weight, BlockQuantizedWeight) and (weight.bits == 4 or weight.offsets is None)
+
+
 def quantized_linear(
     weight: BlockQuantizedWeight | Float8Weight,
     bias: torch.Tensor | None,
@@ -54,8 +59,7 @@ def quantized_linear(
         return Float8Linear(_to(weight, device), bias)
     if device.type == "cuda" and _has_triton():
         return TritonQuantizedLinear(weight, bias, device)
-    kernel_reads_it = weight.bits == 4 or weight.offsets is None
-    if uses_block_kernel(dtype, device) and kernel_reads_it:
+    if uses_block_kernel(dtype, device) and block_kernel_reads(weight):
         return BlockQuantizedLinear(pack(weight), bias)
     if device.type == "cpu" and dtype in HALF_DTYPES:
         if weight.bits == 4:
@@ -69,10 +73,7 @@ def quantized_embedding(
     weight: BlockQuantizedWeight | Float8Weight, dtype: torch.dtype, device: torch.device
 ) -> nn.Module:
     """The lookup of rows of W; the block kernel's where it runs."""
-    kernel_reads_it = isinstance(weight, BlockQuantizedWeight) and (
-        weight.bits == 4 or weight.offsets is None
-    )
-    if kernel_reads_it and uses_block_kernel(dtype, device):
+    if block_kernel_reads(weight) and uses_block_kernel(dtype, device):
         return BlockQuantizedEmbedding(pack(weight))
     return DequantizingEmbedding(_to(weight, device), dtype)
 

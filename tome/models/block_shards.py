@@ -24,6 +24,7 @@ from tome.layers.moe import FusedExperts
 from tome.layers.quantized_experts import QuantizedExperts
 from tome.layers.quantized_linear import (
     InputPermutedLinear,
+    block_kernel_reads,
     quantized_embedding,
     quantized_linear,
     uses_block_kernel,
@@ -100,9 +101,13 @@ class BlockShards:
             gate_up = self._pending.pop(f"{owner}.gate_up_proj", {})
             down = self._pending.pop(f"{owner}.down_proj", {})
             experts = range(len(down))
+            # Act-order experts (weights over permuted inputs) are expanded: each would need
+            # its own gather of the inputs.
+            shards = [weight for _, weight in (*gate_up.values(), *down.values())]
             whole = (
                 len(gate_up) == shard_count(f"{owner}.gate_up_proj")
                 and len(down) == shard_count(f"{owner}.down_proj")
+                and not any(isinstance(weight, DecodedWeight) for weight in shards)
                 and all(
                     _layout(gate_up[2 * e][1]) == _layout(gate_up[2 * e + 1][1]) for e in experts
                 )
@@ -175,13 +180,8 @@ def _concatenate(parts: list[QuantizedWeight]) -> QuantizedWeight:
     return concatenate_rows(parts)
 
 
-def _reads_on_kernel(weight: QuantizedWeight) -> bool:
-    """Whether the block kernel reads this weight as it is (it has no 8-bit offsets)."""
-    return isinstance(weight, BlockQuantizedWeight) and (weight.bits == 4 or weight.offsets is None)
-
-
 def _one_kernel_layout(parts: list[QuantizedWeight]) -> bool:
-    return len({_layout(p) for p in parts}) == 1 and all(map(_reads_on_kernel, parts))
+    return len({_layout(p) for p in parts}) == 1 and all(map(block_kernel_reads, parts))
 
 
 def _kernel_stacks(
@@ -189,7 +189,7 @@ def _kernel_stacks(
 ) -> bool:
     """Whether parts in several layouts can be stacked on the block kernel."""
     parts = [part for run in runs for part in run]
-    return uses_block_kernel(dtype, device) and all(map(_reads_on_kernel, parts))
+    return uses_block_kernel(dtype, device) and all(map(block_kernel_reads, parts))
 
 
 def _runs_of_one_layout(parts: list[QuantizedWeight]) -> list[list[QuantizedWeight]]:
