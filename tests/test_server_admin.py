@@ -98,11 +98,17 @@ def test_tiers_toml(tmp_path):
     path.write_text(
         'database_url = "sqlite:///x.db"\n[prices]\nprompt = 1\n'
         "[tiers.team]\npriority = 5\nconcurrent_requests = 4\nmax_queue_wait_seconds = 2.5\n"
+        "max_pinned_tokens = 50000\n"
     )
     settings = load_settings(path)
-    assert settings.tiers == {
-        "team": Tier("team", priority=5, concurrent_requests=4, max_queue_wait_seconds=2.5)
-    }
+    team = Tier(
+        "team",
+        priority=5,
+        concurrent_requests=4,
+        max_queue_wait_seconds=2.5,
+        max_pinned_tokens=50_000,
+    )
+    assert settings.tiers == {"team": team}
     assert settings.prices == Prices(prompt=1.0)
     assert settings.database_url == "sqlite:///x.db"
     assert load_settings(None).tiers == DEFAULT_TIERS
@@ -126,6 +132,7 @@ def test_bad_settings_are_one_clear_error(tmp_path):
     path = tmp_path / "bad.toml"
     for text, hint in [
         ("[tiers.a]\nrequests_per_minute = 0\n", "positive"),
+        ("[tiers.a]\nmax_pinned_tokens = -1\n", "positive"),
         ("[tiers.a]\npriority = 1.5\n", "integer"),
         ("[prices]\nprompt = -1\n", ">= 0"),
         ("tiers = 3\n", "[tiers.NAME]"),

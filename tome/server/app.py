@@ -7,7 +7,16 @@ from fastapi import FastAPI, Request, Response
 
 from tome.server.errors_json import install_error_handlers
 from tome.server.request_counter import DISCONNECTED, RequestCounter
-from tome.server.routes import answers, caching, conversations, files, generate, info, ui
+from tome.server.routes import (
+    answers,
+    cache_tags,
+    caching,
+    conversations,
+    files,
+    generate,
+    info,
+    ui,
+)
 from tome.server.state import ServerState
 from tome.server.streaming import ClientDisconnected
 
@@ -32,6 +41,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(answers.router)
     app.include_router(caching.router)
+    app.include_router(cache_tags.router)
     ui.install(app)
     app.add_middleware(RequestCounter, metrics=state.metrics)
     return app

@@ -1,6 +1,8 @@
 """Who owns which context cache, and what it was made of: the engine keeps the KV blocks
 and the time to live under the cache's id, and knows nothing of keys."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tome.engine.context_cache import ContextInfo
@@ -40,6 +42,7 @@ class CacheRegistry:
 
     def __init__(self) -> None:
         self._records: dict[str, CacheRecord] = {}
+        self._pending: dict[int | None, int] = {}  # tokens of caches being prefilled, by key
 
     def add(self, record: CacheRecord) -> None:
         self._records[record.id] = record
@@ -57,3 +60,16 @@ class CacheRegistry:
 
     def drop(self, cache_id: str) -> None:
         self._records.pop(cache_id, None)
+
+    def pending(self, caller: Caller) -> int:
+        return self._pending.get(caller.key_id, 0)
+
+    @contextmanager
+    def reserving(self, caller: Caller, tokens: int) -> Iterator[None]:
+        """Count a cache's tokens as the caller's while it is prefilled, so that two caches
+        created at once cannot both pass the pinned-token limit."""
+        self._pending[caller.key_id] = self.pending(caller) + tokens
+        try:
+            yield
+        finally:
+            self._pending[caller.key_id] -= tokens

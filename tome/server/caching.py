@@ -1,17 +1,20 @@
 """Context caches over HTTP: the messages a caller pins (a book, a system prompt) are
 prefilled once and pinned in the engine's ContextCache under the cache's id; chats that
-start with {"role": "cache", "content": "cache_id=<id>"} continue them. The engine keeps
-the KV blocks and the time to live; this registry keeps who owns each cache and what it
-was made of, so one key never sees or uses another's cache."""
+start with {"role": "cache", "content": "cache_id=<id>"} continue them (cache_messages.py).
+The engine keeps the KV blocks and the time to live; the registry keeps who owns each cache
+and what it was made of, so one key never sees or uses another's cache."""
+
+import time
 
 from tome.engine.context_cache import ContextInfo
 from tome.errors import ContextCacheNotFoundError
 from tome.server.cache_registry import CacheRecord
 from tome.server.errors import ModelNotFoundError
+from tome.server.generation import TokenCounts
 from tome.server.limits import Caller
-from tome.server.prompts import Plan
+from tome.server.pinned_limit import check_pinned_room
 from tome.server.schemas.caching import CacheCreateRequest, ContextCacheObject
-from tome.server.schemas.chat import ChatCompletionRequest, ChatMessage
+from tome.server.schemas.chat import ChatMessage
 from tome.server.state import ServerState
 
 
@@ -29,25 +32,47 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
 async def create_cache(
     server: ServerState, caller: Caller, body: CacheCreateRequest
 ) -> ContextCacheObject:
-    """Tokenize the messages as the start of a chat (no generation prompt, so the chat
-    that continues them starts with these very tokens), charge them, prefill and pin."""
     check_model(server, body.model)
-    messages = template_messages(body.messages)
-    ids = await server.tokenize(server.tokenizer.apply_chat_template, messages, False)
+    metadata = dict(body.metadata or {})
+    return await pin_messages(
+        server, caller, list(body.messages), body.ttl, body.name, body.description, metadata
+    )
+
+
+async def pin_messages(
+    server: ServerState,
+    caller: Caller,
+    messages: list[ChatMessage],
+    ttl: int,
+    name: str | None = None,
+    description: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> ContextCacheObject:
+    """Tokenize the messages as the start of a chat (no generation prompt, so the chat
+    that continues them starts with these very tokens), check the caller's pinned-token
+    limit, charge them, prefill and pin. The prefill is billed in the ledger like a prompt;
+    chats that continue the cache are billed its tokens as cached."""
+    ids = await server.tokenize(
+        server.tokenizer.apply_chat_template, template_messages(messages), False
+    )
+    live = await list_caches(server, caller)
+    check_pinned_room(caller.tier, live, server.caches.pending(caller), len(ids), time.time())
     server.limiter.charge_prompt(caller, len(ids))
     cache_id = server.new_request_id("cache")
-    info = await server.engine.cache_context(cache_id, ids, body.ttl, request_id=cache_id)
+    with server.caches.reserving(caller, len(ids)):
+        info = await server.engine.cache_context(cache_id, ids, ttl, request_id=cache_id)
     record = CacheRecord(
         cache_id,
         caller.key_id,
         server.model_name,
-        list(body.messages),
+        messages,
         ids,
-        body.name,
-        body.description,
-        dict(body.metadata or {}),
+        name,
+        description,
+        metadata or {},
     )
     server.caches.add(record)
+    server.record_usage(caller, "caching", cache_id, TokenCounts(prompt=len(ids)))
     return record.describe(info)
 
 
@@ -96,25 +121,3 @@ async def delete_cache(server: ServerState, caller: Caller, cache_id: str) -> No
         raise ContextCacheNotFoundError(
             f"the context cache {cache_id!r} has expired; create it again"
         ) from None
-
-
-async def continue_cache(
-    server: ServerState, caller: Caller, body: ChatCompletionRequest
-) -> tuple[ChatCompletionRequest, list[int]]:
-    """A chat that starts with a cache message, as the chat it stands for: the cache's
-    messages followed by the rest (their prompt then starts with the pinned tokens, which
-    the engine's prefix cache finds). Returns it and the cache's token ids."""
-    reference = body.cache
-    if reference is None:
-        return body, []
-    record = server.caches.owned(reference.cache_id, caller)
-    await engine_context(server, record, reference.reset_ttl)
-    messages = [*record.messages, *body.messages[1:]]
-    return body.model_copy(update={"messages": messages}), record.token_ids
-
-
-def shared_prefix(plan: Plan, cached_ids: list[int]) -> int:
-    """The cache's tokens when the chat's prompt starts with them (it does unless a chat
-    template rewrites earlier messages once later ones follow), else 0."""
-    prompt = plan.choices[0].prompt_ids if plan.choices and cached_ids else []
-    return len(cached_ids) if prompt[: len(cached_ids)] == cached_ids else 0

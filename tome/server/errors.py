@@ -35,12 +35,13 @@ class ContextLimitError(InvalidRequestError):
 
 
 class RateLimitError(TomeError):
-    """Over one of the tier's limits; `code` names it, `retry_after` says when to retry."""
+    """Over one of the tier's limits; `code` names it, `retry_after` says when to retry
+    (None: waiting alone will not help)."""
 
     status_code = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, message: str, code: str, retry_after: float) -> None:
+    def __init__(self, message: str, code: str, retry_after: float | None) -> None:
         super().__init__(message)
         self.code = code
         self.retry_after = retry_after

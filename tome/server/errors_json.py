@@ -21,10 +21,12 @@ ERROR_STATUSES = {
     "over the context window.",
     401: "No API key, or one that is not valid (keyed mode only).",
     403: "The key's tier is not configured on this server.",
-    404: "Unknown (or another key's) model, file, conversation or attachment.",
+    404: "Unknown (or another key's) model, file, conversation, attachment, context cache or "
+    "cache tag; a context cache that was deleted or has expired.",
     413: "The upload or fetched page is over the tier's size limit.",
     415: "The file's format cannot be read.",
-    429: "Over one of the tier's rate limits; Retry-After says when to retry.",
+    429: "Over one of the tier's limits (rates, daily quota, tokens pinned in context caches); "
+    "Retry-After, when waiting helps, says when to retry.",
     502: "A fetched web page could not be had.",
     503: "The server is overloaded (Retry-After says when to retry) or the engine failed.",
     504: "A web page or search took too long.",

@@ -19,12 +19,13 @@ from tome.engine.async_engine import AsyncEngine
 from tome.loader.tokenizer import Tokenizer
 from tome.server.cache_registry import CacheRegistry
 from tome.server.format_logprobs import TokenTexts
-from tome.server.generation import Generation, GenerationResult
+from tome.server.generation import Generation, GenerationResult, TokenCounts
 from tome.server.ledger import UsageLedger
 from tome.server.limits import Admission, Caller, Limiter
 from tome.server.metrics import ServerMetrics
 from tome.server.overload import QueueWaitEstimator
 from tome.server.prompts import Plan
+from tome.server.tag_registry import TagRegistry
 from tome.server.tiers import ServerSettings
 from tome.store import Database, KeyStore, UsageEntry, UsageStore
 
@@ -52,6 +53,7 @@ class ServerState:
     queue: QueueWaitEstimator = field(default_factory=QueueWaitEstimator)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     caches: CacheRegistry = field(default_factory=CacheRegistry)  # /v1/caching, by id
+    tags: TagRegistry = field(default_factory=TagRegistry)  # /v1/caching/refs/tags, by key
     created: int = field(default_factory=lambda: int(time.time()))
     # One thread tokenizes: long prompts stay off the event loop, and the tokenizer is
     # never entered by two server threads at once.
@@ -105,16 +107,26 @@ class ServerState:
         )
 
     def _account(self, caller: Caller, endpoint: str, result: GenerationResult) -> None:
-        counts = result.counts
-        self.limiter.charge_completion(caller, counts.completion)
-        self.metrics.count_tokens(counts.prompt, counts.cached, counts.completion)
+        self.limiter.charge_completion(caller, result.counts.completion)
         self.metrics.observe_latency(caller.tier.name, result)
+        self.record_usage(caller, endpoint, result.request_id, result.counts, result.status)
+
+    def record_usage(
+        self,
+        caller: Caller,
+        endpoint: str,
+        request_id: str,
+        counts: TokenCounts,
+        status: str = "finished",
+    ) -> None:
+        """Count a request's tokens in the metrics and write them to the usage ledger."""
+        self.metrics.count_tokens(counts.prompt, counts.cached, counts.completion)
         entry = UsageEntry(
             key_id=caller.key_id,
-            request_id=result.request_id,
+            request_id=request_id,
             model=self.model_name,
             endpoint=endpoint,
-            status=result.status,
+            status=status,
             prompt_tokens=counts.prompt,
             cached_tokens=counts.cached,
             completion_tokens=counts.completion,

@@ -16,6 +16,7 @@
     daily_token_quota = 200000
     max_queue_wait_seconds = 20    # overload: refuse new requests (503) past this wait
     max_upload_bytes = 10485760    # /v1/files: 413 past it (left out: the extraction limit)
+    max_pinned_tokens = 100000     # tokens a key may keep in context caches at once (429)
 
     [web]                          # the reading assistant's page fetches and web search
     search_url = "http://127.0.0.1:8888"   # a SearXNG instance (JSON format enabled)
@@ -46,6 +47,8 @@ class Tier:
     daily_token_quota: int | None = None
     max_queue_wait_seconds: float | None = None
     max_upload_bytes: int | None = None
+    # Context caches hold KV blocks nobody else can use until deleted or expired.
+    max_pinned_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,16 @@ DEFAULT_TIERS = {
         concurrent_requests=2,
         daily_token_quota=500_000,
         max_queue_wait_seconds=30.0,
+        max_pinned_tokens=100_000,  # a novel
     ),
-    "pro": Tier("pro", priority=0, requests_per_minute=600, concurrent_requests=32),
+    # As the long-text platform's per-user cache limit: a million tokens.
+    "pro": Tier(
+        "pro",
+        priority=0,
+        requests_per_minute=600,
+        concurrent_requests=32,
+        max_pinned_tokens=1_000_000,
+    ),
 }
 # The open mode (no keys, bound to localhost): one local user, no limits, served first.
 LOCAL_TIER = Tier("local", priority=0)

@@ -1,7 +1,7 @@
 """The usage ledger: one row per finished or aborted request, summed per key for reports
 and for daily quotas."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -41,6 +41,15 @@ class UsageStore:
     def record(self, entries: list[UsageEntry]) -> None:
         with self.database.session() as session, session.begin():
             session.add_all(UsageRow(**vars(entry)) for entry in entries)
+
+    def entry(self, request_id: str) -> UsageEntry | None:
+        """One request's row (a chat completion's `id`, a context cache's id), as billed."""
+        query = select(UsageRow).where(UsageRow.request_id == request_id)
+        with self.database.session() as session:
+            row = session.scalars(query).first()
+            if row is None:
+                return None
+            return UsageEntry(**{f.name: getattr(row, f.name) for f in fields(UsageEntry)})
 
     def tokens_since(self, key_id: int | None, since: datetime) -> int:
         """Prompt and completion tokens a key used since `since` (for daily quotas)."""

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 
 from tome.assistant.retrieval import SourceText
 from tome.errors import TomeError
+from tome.server import conversation_pins
 from tome.server.admission import admit
 from tome.server.answering import (
     AnswerRecorder,
@@ -21,6 +22,7 @@ from tome.server.answering import (
     gather_sources,
     load_turn,
 )
+from tome.server.cache_messages import shared_prefix
 from tome.server.errors_json import error_body, error_responses
 from tome.server.limits import Admission
 from tome.server.schemas.answers import Answer, AnswerRequest
@@ -53,6 +55,11 @@ async def answer(
     prompt = await assemble_turn(server, sources, turn, window, budget)
     request_id = server.new_request_id("answer")
     plan = answer_plan(prompt, body, budget)
+    if body.pin_ttl is not None:
+        pinned = await conversation_pins.pin_documents(
+            server, admission.caller, conversation_id, prompt, body.pin_ttl
+        )
+        plan.cached_prefix = shared_prefix(plan, pinned)
     generation = server.start_generation(admission, "assistant", request_id, plan)
     recorder = AnswerRecorder(server, owner, turn, prompt, window, generation)
     if body.stream:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from tome.server import conversation_pins
 from tome.server.attachments import store_attachment
 from tome.server.auth import authenticate
 from tome.server.conversation_export import conversation_markdown
@@ -81,8 +82,11 @@ async def rename_conversation(
 
 
 @router.delete("/{conversation_id}", responses=BY_ID)
-async def delete_conversation(conversation_id: str, store: Store) -> Deleted:
+async def delete_conversation(
+    conversation_id: str, store: Store, request: Request, caller: Authenticated
+) -> Deleted:
     await store.run(ConversationStore.delete, conversation_id)
+    await conversation_pins.unpin(server_state(request), caller, conversation_id)
     return Deleted(id=conversation_id, object="conversation.deleted")
 
 

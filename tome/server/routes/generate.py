@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from tome.server import caching
+from tome.server import cache_messages
 from tome.server.admission import admit
 from tome.server.errors import ModelNotFoundError
 from tome.server.errors_json import GENERATING
@@ -34,9 +34,9 @@ async def create_chat_completion(
 ) -> ChatCompletion | EventStream:
     server = _serving(request, body.model)
     tier = admission.caller.tier
-    body, cached_ids = await caching.continue_cache(server, admission.caller, body)
+    body, cached_ids = await cache_messages.continue_cache(server, admission.caller, body)
     plan = await server.tokenize(plan_chat, body, server.tokenizer, server.max_model_len, tier)
-    plan.cached_prefix = caching.shared_prefix(plan, cached_ids)
+    plan.cached_prefix = cache_messages.shared_prefix(plan, cached_ids)
     request_id = server.new_request_id("chatcmpl")
     formatter = ChatFormatter(
         request_id, server.model_name, int(time.time()), server.token_texts, body.logprobs

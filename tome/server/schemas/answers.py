@@ -5,6 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from tome.server.schemas.caching import TimeToLive
 from tome.server.schemas.common import StrictModel
 from tome.server.schemas.conversations import MAX_MESSAGE_CHARS, Message
 
@@ -39,6 +40,9 @@ class AnswerRequest(StrictModel):
     web_search: StrictBool = False
     regenerate: StrictBool = False
     stream: StrictBool = True
+    # Keep the conversation's documents pinned as a context cache for this many seconds
+    # after this answer (tome/server/conversation_pins.py); left out, they are not pinned.
+    pin_ttl: TimeToLive | None = None
 
     @model_validator(mode="after")
     def _a_question(self) -> "AnswerRequest":

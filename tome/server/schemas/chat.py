@@ -30,18 +30,23 @@ class ChatMessage(StrictModel):
         return {"role": role, "content": text}
 
 
+# A tag names a cache (POST /v1/caching/refs/tags); the platform's rule for its name.
+CACHE_TAG = r"[A-Za-z][A-Za-z0-9_.-]{0,127}"
 CACHE_REFERENCE = re.compile(
-    r"cache_id=(?P<id>[A-Za-z0-9_.-]{1,128})(;reset_ttl=(?P<ttl>\d{1,9}))?"
+    rf"(cache_id=(?P<id>[A-Za-z0-9_.-]{{1,128}})|tag=(?P<tag>{CACHE_TAG}))"
+    r"(;reset_ttl=(?P<ttl>\d{1,9}))?"
 )
 # The same, as the schema states it for a whole content with the whitespace it may have.
 CACHE_REFERENCE_PATTERN = (
-    r"^[\s\x1c-\x1f]*cache_id=[A-Za-z0-9_.-]{1,128}(;reset_ttl=\d{1,9})?[\s\x1c-\x1f]*$"
+    rf"^[\s\x1c-\x1f]*(cache_id=[A-Za-z0-9_.-]{{1,128}}|tag={CACHE_TAG})"
+    r"(;reset_ttl=\d{1,9})?[\s\x1c-\x1f]*$"
 )
 
 
 class CacheMessage(StrictModel):
     """The platform's way to continue a context cache (POST /v1/caching): the first message
-    {"role": "cache", "content": "cache_id=<id>[;reset_ttl=<seconds>]"}."""
+    {"role": "cache", "content": "cache_id=<id>[;reset_ttl=<seconds>]"}, or "tag=<tag>..."
+    for the cache a tag names."""
 
     role: Literal["cache"]
     # `_reference`'s check, said in the schema too (Python strips \x1c-\x1f, Rust's \s not);
@@ -53,13 +58,18 @@ class CacheMessage(StrictModel):
     def _reference(cls, content: str) -> str:
         if CACHE_REFERENCE.fullmatch(content.strip()) is None:
             raise ValueError(
-                "a 'cache' message's content is 'cache_id=<id>' or 'cache_id=<id>;reset_ttl=<s>'"
+                "a 'cache' message's content is 'cache_id=<id>' or 'tag=<tag>', either "
+                "optionally followed by ';reset_ttl=<seconds>'"
             )
         return content.strip()
 
     @property
-    def cache_id(self) -> str:
+    def cache_id(self) -> str | None:
         return CACHE_REFERENCE.fullmatch(self.content)["id"]
+
+    @property
+    def tag(self) -> str | None:
+        return CACHE_REFERENCE.fullmatch(self.content)["tag"]
 
     @property
     def reset_ttl(self) -> int | None:
