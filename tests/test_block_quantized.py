@@ -1,8 +1,9 @@
 """GGUF weights kept in their quantized blocks: the repacked blocks expand to exactly what
 the gguf package's own dequantizer gives, the C++ kernel's products equal float64 products
-with those weights, and a model loads its layers in blocks where a whole layer came in
-one layout (the embedded model's greedy output against transformers is in
-test_embedded_model.py)."""
+with those weights (of float32 activations, or of activations rounded to 8 bits as
+round_to_int8_blocks rounds them, the same bytes on every instruction set), and a model
+loads its layers in blocks where a whole layer came in one layout (the embedded model's
+greedy output against transformers is in test_embedded_model.py)."""
 
 import gguf
 import numpy as np
@@ -13,13 +14,16 @@ from torch import nn
 from tests.gguf_files import tiny_model, write_gguf
 from tome.kernels.block_quantized_matmul import (
     EXPAND_FROM_ROWS,
+    BlockQuantizedWeight,
     block_quantized_matmul,
     dequantize_transposed,
     gather_rows,
     grouped_block_quantized_matmul,
     kernel_library,
     pack,
+    round_to_int8_blocks,
 )
+from tome.kernels.cpu_isa import ISA_ENV, runnable
 from tome.layers.block_quantized_linear import (
     BlockQuantizedEmbedding,
     BlockQuantizedLinear,
@@ -133,7 +137,9 @@ def test_llama_layers_keep_their_blocks(tmp_path):
     assert [part.bits for part in layer.self_attn.qkv_proj.parts] == [4, 8, 4]
     x = torch.randn(3, config.hidden_size)
     qkv = layer.self_attn.qkv_proj
-    torch.testing.assert_close(qkv(x), x @ _weight_of(qkv).t(), rtol=1e-5, atol=1e-5)
+    # The layer rounds its input to 8 bits per block by default (int8_activations).
+    rounded = round_to_int8_blocks(x)
+    torch.testing.assert_close(qkv(x), rounded @ _weight_of(qkv).t(), rtol=1e-5, atol=1e-5)
     for module in (layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
         assert isinstance(module, BlockQuantizedLinear)
     assert isinstance(model.model.embed_tokens, BlockQuantizedEmbedding)
@@ -174,7 +180,8 @@ def test_qwen2_projection_in_blocks_adds_its_bias(tmp_path):
     weight = torch.cat([floats[f"{name}.weight"] for name in names])
     bias = torch.cat([floats[f"{name}.bias"] for name in names])
     x = torch.randn(3, config.hidden_size)
-    torch.testing.assert_close(qkv(x), x @ weight.t() + bias, rtol=1e-5, atol=1e-5)
+    expected = round_to_int8_blocks(x) @ weight.t() + bias  # rounded as the layer rounds it
+    torch.testing.assert_close(qkv(x), expected, rtol=1e-5, atol=1e-5)
     ids = torch.tensor([[0, 5], [127, 5]])
     assert torch.equal(model.model.embed_tokens(ids), floats["model.embed_tokens.weight"][ids])
 
@@ -198,17 +205,73 @@ def test_q6_k_is_kept_as_8_bit_blocks_within_half_a_step():
 
 
 @pytest.mark.parametrize("qtype", [QUANTS.Q4_K, QUANTS.Q8_0])
+@pytest.mark.parametrize("int8_activations", [False, True])
 @pytest.mark.usefixtures("each_cpu_isa")
-def test_grouped_matmul_equals_each_product_alone(qtype):
+def test_grouped_matmul_equals_each_product_alone(qtype, int8_activations):
     """A MoE layer's experts in one call: every group's rows give what the single-weight
     kernel gives them, bit for bit, whether a group is one row, several, none, or enough
     rows to take the BLAS path."""
     weights = [pack(repack(_raw(qtype, 40, 256, seed=g), qtype)) for g in range(5)]
     counts = [1, 0, 7, EXPAND_FROM_ROWS, 3]
     x = torch.randn(sum(counts), 256, generator=torch.Generator().manual_seed(5))
-    out = grouped_block_quantized_matmul(x, counts, weights)
+    out = grouped_block_quantized_matmul(x, counts, weights, int8_activations)
     start = 0
     for count, weight in zip(counts, weights, strict=True):
-        alone = block_quantized_matmul(x[start : start + count], weight)
+        alone = block_quantized_matmul(x[start : start + count], weight, int8_activations)
         assert torch.equal(out[start : start + count], alone)
         start += count
+
+
+def test_activations_round_to_8_bits_per_block_of_32():
+    """Each block of 32 becomes amax / 127 times whole numbers in [-127, 127], the block's
+    largest value kept exactly; an all-zero block stays zero."""
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(0))
+    x[1, 32:64] = 0
+    rounded = round_to_int8_blocks(x).view(3, 3, 32)
+    amax = x.view(3, 3, 32).abs().amax(-1, keepdim=True)
+    steps = torch.where(amax > 0, rounded / (amax / 127), 0)
+    assert torch.allclose(steps, steps.round(), atol=1e-3) and steps.abs().max() <= 127.001
+    assert ((rounded - x.view(3, 3, 32)).abs() <= amax / 254 * (1 + 1e-5)).all()
+    assert torch.equal(rounded.abs().amax(-1, keepdim=True), amax)
+    assert not rounded[1, 1].any()
+
+
+@pytest.mark.parametrize("qtype", [QUANTS.Q4_1, QUANTS.Q8_0, QUANTS.Q4_K])
+@pytest.mark.parametrize("m", [1, 3, 9, EXPAND_FROM_ROWS + 5])
+@pytest.mark.usefixtures("each_cpu_isa")
+def test_int8_activations_equal_the_float64_product_of_rounded_rows(qtype, m):
+    """With 8-bit activations the kernel (and, for long prefill chunks, BLAS) computes the
+    product of the weights with x as round_to_int8_blocks rounds it: exact integer dot
+    products per block, float rounding only in scaling and summing the blocks."""
+    raw = _raw(qtype, 67, 512, seed=m)
+    reference = torch.from_numpy(gguf.quants.dequantize(raw, qtype)).double()
+    x = torch.randn(m, 512, generator=torch.Generator().manual_seed(m))
+    ours = block_quantized_matmul(x, pack(repack(raw, qtype)), int8_activations=True)
+    rounded = round_to_int8_blocks(x).double()
+    bound = 1e-5 * (rounded.abs() @ reference.abs().t())
+    assert ((ours.double() - rounded @ reference.t()).abs() <= bound).all()
+
+
+def test_int8_activations_give_the_same_bytes_on_every_instruction_set(monkeypatch):
+    """Integer sums are exact, and the float steps after them are the same operations in
+    the same order, so AVX2, AVX-512 and VNNI builds agree bit for bit. 8-bit codes span
+    all 256 values (-128 included, which a build without VNNI multiplies nibble by
+    nibble); rows cover the 8-, 4-, 2- and 1-row tiles."""
+    generator = torch.Generator().manual_seed(3)
+    weights = [
+        BlockQuantizedWeight(
+            bits,
+            torch.randint(0, 16 if bits == 4 else 256, (40, 320), dtype=torch.uint8),
+            torch.rand(40, 10, generator=generator),
+            torch.randn(40, 10, generator=generator) if bits == 4 else None,
+        )
+        for bits in (4, 8)
+    ]
+    x = torch.randn(15, 320, generator=generator) * 3
+    results = {}
+    for isa in runnable():
+        monkeypatch.setenv(ISA_ENV, isa.name)
+        results[isa.name] = [block_quantized_matmul(x, pack(w), True) for w in weights]
+    first = next(iter(results.values()))
+    for name, outputs in results.items():
+        assert all(map(torch.equal, outputs, first)), name

@@ -69,8 +69,8 @@ def test_a_float_gguf_equals_transformers_on_the_hf_folder(float_gguf):
 def test_quantized_blocks_equal_their_dequantized_weights(q8_gguf, monkeypatch):
     prompts = random_prompts([6, 33], seed=8)
     # Blocks even where the kernel is not the faster choice (a CPU without AVX-512).
-    monkeypatch.setattr(model_loading, "runs_fast", lambda: True)
-    blocks = LLM(str(q8_gguf), kv_cache_memory=1 << 20)
+    monkeypatch.setattr(model_loading, "runs_fast", lambda int8_activations: True)
+    blocks = LLM(str(q8_gguf), kv_cache_memory=1 << 20, int8_activations=False)
     layer = blocks.engine.runner.model.model.layers[-1]
     assert isinstance(layer.self_attn.o_proj, BlockQuantizedLinear)
     assert isinstance(layer.mlp.experts, BlockQuantizedExperts)

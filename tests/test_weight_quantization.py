@@ -132,9 +132,9 @@ LAYER_KINDS = [
 @pytest.mark.parametrize(("dtype", "kind", "expected_class"), LAYER_KINDS)
 def test_each_layer_computes_its_weights_product(scheme, dtype, kind, expected_class, monkeypatch):
     if kind == "dequantizing":  # a CPU without the block kernel
-        monkeypatch.setattr(layers, "runs_fast", lambda: False)
-    elif kind == "block kernel" and not block_quantized_matmul.runs_fast():
-        pytest.skip("the block kernel needs AVX-512")
+        monkeypatch.setattr(layers, "kernel_library", lambda: None)
+    elif kind == "block kernel" and block_quantized_matmul.kernel_library() is None:
+        pytest.skip("the block kernel needs a C++ compiler")
     weight = WEIGHT_QUANTIZATIONS[scheme].quantize(random_weight())
     bias = torch.randn(96).to(dtype)
     layer = layers.quantized_linear(weight, bias, dtype, CPU)
@@ -144,6 +144,8 @@ def test_each_layer_computes_its_weights_product(scheme, dtype, kind, expected_c
         expected_class = layers.DequantizingLinear
     assert isinstance(layer, expected_class)
     x = torch.randn(5, 256)
+    if isinstance(layer, layers.BlockQuantizedLinear):  # it rounds x to 8 bits by default
+        x = block_quantized_matmul.round_to_int8_blocks(x)
     expected = x.to(dtype).double() @ expanded(weight).double().t() + bias.double()
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(
@@ -181,7 +183,8 @@ def tiny_model_to_quantize(tmp_path_factory, hf_tokenizer_dir):
 def test_quantized_model_equals_transformers_on_the_same_quantized_weights(
     tiny_model_to_quantize, scheme
 ):
-    llm = LLM(str(tiny_model_to_quantize), quantization=scheme)
+    # Float activations, as transformers multiplies (8-bit ones: the test below).
+    llm = LLM(str(tiny_model_to_quantize), quantization=scheme, int8_activations=False)
     prompt = list(range(5, 45))
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     ours = llm.generate(prompt, params)[0].token_ids
@@ -191,8 +194,37 @@ def test_quantized_model_equals_transformers_on_the_same_quantized_weights(
     assert not any(isinstance(m, torch.nn.Linear) for m in model.model.layers.modules())
 
 
+def _round_input(_module: torch.nn.Module, args: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+    x = args[0]
+    return (block_quantized_matmul.round_to_int8_blocks(x.reshape(-1, x.shape[-1])).view_as(x),)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_int8_activations_equal_transformers_rounding_each_linear_input(
+    tiny_model_to_quantize, scheme
+):
+    """With 8-bit activations (the default), every product over quantized weights takes its
+    input rounded to 8 bits per 32 values: transformers, given the same weights and the
+    same rounding at the input of each linear layer, head included, gives the same tokens."""
+    if block_quantized_matmul.kernel_library() is None:
+        pytest.skip("the block kernel needs a C++ compiler")
+    llm = LLM(str(tiny_model_to_quantize), quantization=scheme)
+    reference = quantized_reference(tiny_model_to_quantize, scheme)
+    for module in reference.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_pre_hook(_round_input)
+    prompt = list(range(5, 45))
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    assert llm.generate(prompt, params)[0].token_ids == reference_greedy(reference, prompt, 8)[0]
+
+
 def test_head_stays_float_when_asked(tiny_model_to_quantize):
-    llm = LLM(str(tiny_model_to_quantize), quantization="int8", quantize_head=False)
+    llm = LLM(
+        str(tiny_model_to_quantize),
+        quantization="int8",
+        quantize_head=False,
+        int8_activations=False,
+    )
     model = llm.engine.runner.model
     assert model.model.embed_tokens.weight.dtype == torch.float32
     prompt = list(range(7, 30))
@@ -232,11 +264,12 @@ def test_quantized_experts_equal_transformers(
     tmp_path, hf_tokenizer_dir, scheme, block_kernel, monkeypatch
 ):
     if not block_kernel:  # a CPU without the block kernel: QuantizedExperts
-        monkeypatch.setattr(layers, "runs_fast", lambda: False)
-    elif not block_quantized_matmul.runs_fast():
-        pytest.skip("the block kernel needs AVX-512")
+        monkeypatch.setattr(layers, "kernel_library", lambda: None)
+    elif block_quantized_matmul.kernel_library() is None:
+        pytest.skip("the block kernel needs a C++ compiler")
     path = save_tiny_moe("qwen3_moe", tmp_path, hf_tokenizer_dir)
-    llm = LLM(str(path), quantization=scheme)
+    # transformers multiplies float activations: so must we, to give its tokens.
+    llm = LLM(str(path), quantization=scheme, int8_activations=False)
     experts = llm.engine.runner.model.model.layers[0].mlp.experts
     on_kernel = block_kernel and scheme != "fp8"
     assert isinstance(experts, BlockQuantizedExperts if on_kernel else QuantizedExperts)

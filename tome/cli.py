@@ -13,6 +13,7 @@ from tome.bench.serve_command import bench_serve
 from tome.bench_assistant import bench_assistant
 from tome.cli_options import (
     DtypeOption,
+    Int8ActivationsOption,
     KVDtypeOption,
     KVMemoryOption,
     MaxModelLenOption,
@@ -78,6 +79,7 @@ def run(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
+    int8_activations: Int8ActivationsOption = True,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
@@ -101,6 +103,7 @@ def run(
             sparse_prefill,
             quantization,
             quantize_head,
+            int8_activations,
         )
         engine = Engine(config)
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -126,6 +129,7 @@ def chat(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
+    int8_activations: Int8ActivationsOption = True,
     rope_scaling: RopeScalingOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
     files: Annotated[
@@ -158,6 +162,7 @@ def chat(
             kv_cache_dtype,
             quantization=quantization,
             quantize_head=quantize_head,
+            int8_activations=int8_activations,
         )
         engine = Engine(config)
         if sources:
@@ -180,6 +185,7 @@ def bench(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
+    int8_activations: Int8ActivationsOption = True,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     prefill_lengths: Annotated[str, typer.Option(help="Prompt lengths.")] = "512,2048,8192",
@@ -231,6 +237,7 @@ def bench(
             kv_cache_dtype=kv_cache_dtype,
             quantization=quantization,
             quantize_head=quantize_head,
+            int8_activations=int8_activations,
             rope_scaling=parse_rope_scaling(rope_scaling),
             sparse_prefill=parse_sparse_prefill(sparse_prefill),
             prefill_lengths=parse_int_list(prefill_lengths, "--prefill-lengths"),
@@ -258,6 +265,7 @@ def bench_context(
     kv_cache_memory: KVMemoryOption = None,
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
+    int8_activations: Int8ActivationsOption = True,
 ) -> None:
     """Time to first token for a second question on an already-read document."""
     from tome import LLM
@@ -271,6 +279,7 @@ def bench_context(
             kv_cache_memory,
             quantization=quantization,
             quantize_head=quantize_head,
+            int8_activations=int8_activations,
         )
         llm = LLM(**{**vars(config), "max_num_batched_tokens": max(document_tokens, 8192)})
         console.print(f"[bold]tome bench context[/]: {document_tokens}-token document")

@@ -72,6 +72,15 @@ QuantizeHeadOption = Annotated[
     bool,
     typer.Option(help="With --quantization, quantize the embedding and LM head too."),
 ]
+Int8ActivationsOption = Annotated[
+    bool,
+    typer.Option(
+        "--int8-activations/--float-activations",
+        help="Weights in blocks on the CPU (GGUF, --quantization) multiply activations "
+        "rounded to 8 bits per 32 values, as llama.cpp does (faster), or float32 ones, as "
+        "transformers does.",
+    ),
+]
 
 _UNITS = {
     "": 1,
@@ -152,6 +161,7 @@ def engine_config(
     sparse_prefill: str | None = None,
     quantization: str | None = None,
     quantize_head: bool = True,
+    int8_activations: bool = True,
 ) -> EngineConfig:
     return EngineConfig(
         model=model,
@@ -163,6 +173,7 @@ def engine_config(
         sparse_prefill=parse_sparse_prefill(sparse_prefill),
         quantization=quantization,
         quantize_head=quantize_head,
+        int8_activations=int8_activations,
         show_progress=True,
     )
 

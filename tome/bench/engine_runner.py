@@ -27,6 +27,7 @@ def run_engine(model: ModelSpec, workload: Workload) -> SideResult:
         kv_cache_dtype=model.kv_cache_dtype,
         quantization=model.quantization,
         quantize_head=model.quantize_head,
+        int8_activations=model.int8_activations,
         rope_scaling=model.rope_scaling,
         sparse_prefill=model.sparse_prefill,
         load_format="dummy" if model.dummy else "auto",

@@ -122,6 +122,7 @@ def _model_spec(config: BenchConfig, source: ModelSource, hf_config: PretrainedC
         kv_cache_dtype=config.kv_cache_dtype,
         quantization=config.quantization,
         quantize_head=config.quantize_head,
+        int8_activations=config.int8_activations,
         rope_scaling=config.rope_scaling,
         sparse_prefill=config.sparse_prefill,
         prefill_chunk=config.prefill_chunk,

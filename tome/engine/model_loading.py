@@ -12,6 +12,7 @@ from rich.progress import Progress
 from tome.engine.config import DTYPES, EngineConfig
 from tome.kernels import cpu_layer_ops
 from tome.kernels.block_quantized_matmul import runs_fast
+from tome.layers.block_quantized_linear import set_int8_activations
 from tome.layers.transposed_linear import transpose_layer_linears
 from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 from tome.loader import Tokenizer, dummy_weights, iter_weights, load_hf_config, resolve_model
@@ -87,6 +88,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
     model.load_weights(
         _with_progress(weights, len(model.checkpoint_shapes()), config.show_progress), device
     )
+    set_int8_activations(model, config.int8_activations)
     if device.type == "cpu" and dtype == torch.float32:  # bf16 matmuls go faster unchanged
         transpose_layer_linears(model)
         cpu_layer_ops.kernel_library()  # compiled now, if ever, not in the first request
@@ -118,7 +120,7 @@ def _keeps_blocks(
         and source.kind == "gguf"
         and device.type == "cpu"
         and dtype == torch.float32
-        and runs_fast()
+        and runs_fast(config.int8_activations)
     )
 
 

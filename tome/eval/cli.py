@@ -10,6 +10,7 @@ from rich.console import Console
 
 from tome.cli_options import (
     DtypeOption,
+    Int8ActivationsOption,
     KVDtypeOption,
     KVMemoryOption,
     MaxModelLenOption,
@@ -81,6 +82,7 @@ def run(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
+    int8_activations: Int8ActivationsOption = True,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
 ) -> None:
@@ -108,6 +110,7 @@ def run(
                     sparse_prefill,
                     quantization,
                     quantize_head,
+                    int8_activations,
                 )
             )
         else:

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from tome.cli_options import (
     DtypeOption,
+    Int8ActivationsOption,
     KVMemoryOption,
     ModelOption,
     QuantizationOption,
@@ -50,6 +51,7 @@ def ppl(
     kv_cache_memory: KVMemoryOption = None,
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
+    int8_activations: Int8ActivationsOption = True,
     out: OutOption = Path("tome-eval"),
 ) -> None:
     """Perplexity at growing context lengths, per rope setting; writes ppl.json and ppl.png.
@@ -62,6 +64,7 @@ def ppl(
             "kv_cache_memory": parse_size(kv_cache_memory) if kv_cache_memory else None,
             "quantization": quantization,
             "quantize_head": quantize_head,
+            "int8_activations": int8_activations,
         }
         _run(text, builtin, lengths, rope or ["none"], model, engine_args, out)
     except TomeError as exc:

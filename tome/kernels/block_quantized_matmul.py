@@ -5,7 +5,12 @@ A GGUF Q4_1 model is 0.6 bytes a weight on disk and 4 in float32. Decoding one t
 reads every weight once, so at batch 1 the step takes as long as memory takes to deliver
 them: kept in blocks, that is about five times fewer bytes. For long prefill chunks the
 weight is expanded into a float32 scratch once per call and the product runs in torch's
-BLAS instead."""
+BLAS instead.
+
+With `int8_activations`, x is rounded to 8 bits per block of 32 before the product, as
+llama.cpp rounds it (its Q8_0): the kernel then multiplies codes by codes in integers,
+and the BLAS path multiplies the same rounded x, so a row's result does not depend on how
+many rows came with it beyond float rounding."""
 
 import ctypes
 from dataclasses import dataclass
@@ -21,8 +26,9 @@ BLOCK = 32  # weights under one scale (and offset), along k
 # four layer shapes on a 2-core Xeon: kernel 2.1 ms against 2.7 at 64 rows, 4.3 against
 # 4.0 at 128.
 EXPAND_FROM_ROWS = 96
-# The kernel's codes for the two layouts (its Kind).
+# The kernel's codes for the two layouts (its Kind) and for its activations.
 KINDS = {4: 0, 8: 1}
+FLOAT32_ACTIVATIONS, INT8_ACTIVATIONS = 0, 1
 
 
 @dataclass
@@ -69,8 +75,9 @@ def concatenate_rows(parts: list[BlockQuantizedWeight]) -> BlockQuantizedWeight:
 @dataclass
 class PackedWeight:
     """A BlockQuantizedWeight in the kernel's panels of 16 output columns (see
-    cpu/block_quantized_matmul.cpp): codes uint8 [n / 16, k / 2 or k, 16], scales and
-    offsets float32 [n / 16, k / 32, 16], n padded to whole panels with zero columns."""
+    cpu/block_quantized_matmul.cpp): codes uint8 [n / 16, k / 8 or k / 4, 16, 4] (4 bytes
+    of codes a column in each group), scales and offsets float32 [n / 16, k / 32, 16], n
+    padded to whole panels with zero columns."""
 
     bits: int
     n: int
@@ -82,13 +89,16 @@ class PackedWeight:
 
 def pack(weight: BlockQuantizedWeight) -> PackedWeight:
     n, k = weight.shape
-    codes = _panels(weight.codes)  # [panels, k, 16]
+    panels = _panels(weight.codes)  # [panels, k, 16]
     if weight.bits == 4:
-        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)  # pairs of k in each byte of a column
+        # k = 8g + t in the low nibble of byte t of group g, k = 8g + 4 + t in its high one.
+        steps = panels.view(panels.shape[0], k // 8, 2, 4, PANEL)
+        groups = steps[:, :, 0] | (steps[:, :, 1] << 4)
+    else:
+        groups = panels.view(panels.shape[0], k // 4, 4, PANEL)
+    codes = groups.transpose(-1, -2).contiguous()  # [panels, groups, 16 columns, 4 bytes]
     offsets = None if weight.offsets is None else _panels(weight.offsets).contiguous()
-    return PackedWeight(
-        weight.bits, n, k, codes.contiguous(), _panels(weight.scales).contiguous(), offsets
-    )
+    return PackedWeight(weight.bits, n, k, codes, _panels(weight.scales).contiguous(), offsets)
 
 
 def _panels(rows: torch.Tensor) -> torch.Tensor:
@@ -105,7 +115,8 @@ KERNEL = KernelSource(
     {
         "tome_block_quantized_matmul": (
             _integer,
-            [_integer, _pointer, _size, _size, _pointer, _pointer, _pointer, _size, _pointer],
+            # kind, activations, x, m, k, codes, scales, offsets, n, y
+            [_integer, _integer, _pointer, _size, _size, *[_pointer] * 3, _size, _pointer],
         ),
         "tome_block_quantized_dequantize_transposed": (
             _integer,
@@ -117,10 +128,11 @@ KERNEL = KernelSource(
         ),
         "tome_block_quantized_grouped_matmul": (
             _integer,
-            # kind, groups, x rows, their counts, k, codes, scales, offsets, n, outputs
-            [_integer, _size, *[_pointer] * 2, _size, *[_pointer] * 3, _size, _pointer],
+            # kind, activations, groups, x rows, their counts, k, codes, scales, offsets,
+            # n, outputs
+            [_integer, _integer, _size, *[_pointer] * 2, _size, *[_pointer] * 3, _size, _pointer],
         ),
-        "tome_block_quantized_is_fast": (_integer, []),
+        "tome_block_quantized_is_fast": (_integer, [_integer]),
     },
 )
 
@@ -130,20 +142,36 @@ def kernel_library() -> ctypes.CDLL | None:
     return load_declared(KERNEL)
 
 
-def runs_fast() -> bool:
-    """Whether the kernel builds here and beats float32 BLAS (it needs AVX-512)."""
+def runs_fast(int8_activations: bool) -> bool:
+    """Whether the kernel builds here and beats float32 BLAS: with 8-bit activations on
+    AVX2 and AVX-512, with float32 ones on AVX-512 only."""
     library = kernel_library()
-    return library is not None and library.tome_block_quantized_is_fast() == 1
+    return library is not None and library.tome_block_quantized_is_fast(int8_activations) == 1
 
 
-def block_quantized_matmul(x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
-    """x [..., k] float32 on the CPU times W^T: [..., n]."""
+def round_to_int8_blocks(x: torch.Tensor) -> torch.Tensor:
+    """x [m, k] float32 rounded as the kernel rounds activations: per block of 32, q =
+    round(x * (127 / amax)) ties to even, then scale * q with scale = amax / 127."""
+    blocks = x.view(x.shape[0], -1, BLOCK)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    inverse = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return (torch.round(blocks * inverse) * (amax / 127.0)).view_as(x)
+
+
+def block_quantized_matmul(
+    x: torch.Tensor, weight: PackedWeight, int8_activations: bool = False
+) -> torch.Tensor:
+    """x [..., k] float32 on the CPU times W^T: [..., n]; x rounded to 8 bits per block
+    first with `int8_activations`."""
     rows = x.reshape(-1, weight.k).contiguous()
     if rows.shape[0] >= EXPAND_FROM_ROWS:
+        if int8_activations:
+            rows = round_to_int8_blocks(rows)
         return (rows @ dequantize_transposed(weight)).reshape(*x.shape[:-1], weight.n)
     out = torch.empty(rows.shape[0], weight.n, dtype=torch.float32)
     status = kernel_library().tome_block_quantized_matmul(
         KINDS[weight.bits],
+        INT8_ACTIVATIONS if int8_activations else FLOAT32_ACTIVATIONS,
         rows.data_ptr(),
         rows.shape[0],
         weight.k,
@@ -156,7 +184,7 @@ def block_quantized_matmul(x: torch.Tensor, weight: PackedWeight) -> torch.Tenso
 
 
 def grouped_block_quantized_matmul(
-    x: torch.Tensor, counts: list[int], weights: list[PackedWeight]
+    x: torch.Tensor, counts: list[int], weights: list[PackedWeight], int8_activations: bool
 ) -> torch.Tensor:
     """[sum(counts), n] float32: x's first counts[0] rows times weights[0]^T, its next
     counts[1] times weights[1]^T, and so on; every weight of one layout and shape. Groups
@@ -169,17 +197,22 @@ def grouped_block_quantized_matmul(
     start = 0
     for count, weight in zip(counts, weights, strict=True):
         if count >= EXPAND_FROM_ROWS:
-            out[start : start + count] = block_quantized_matmul(x[start : start + count], weight)
+            out[start : start + count] = block_quantized_matmul(
+                x[start : start + count], weight, int8_activations
+            )
         elif count:
             small.append((start, count, weight))
         start += count
     if small:
-        _grouped_kernel(x, out, small)
+        _grouped_kernel(x, out, small, int8_activations)
     return out
 
 
 def _grouped_kernel(
-    x: torch.Tensor, out: torch.Tensor, groups: list[tuple[int, int, PackedWeight]]
+    x: torch.Tensor,
+    out: torch.Tensor,
+    groups: list[tuple[int, int, PackedWeight]],
+    int8_activations: bool,
 ) -> None:
     count, k, n = len(groups), groups[0][2].k, groups[0][2].n
     row_bytes_in, row_bytes_out = k * x.element_size(), n * out.element_size()
@@ -190,6 +223,7 @@ def _grouped_kernel(
     has_offsets = groups[0][2].offsets is not None
     status = kernel_library().tome_block_quantized_grouped_matmul(
         KINDS[groups[0][2].bits],
+        INT8_ACTIVATIONS if int8_activations else FLOAT32_ACTIVATIONS,
         count,
         pointers([x.data_ptr() + first * row_bytes_in for first, _, _ in groups]),
         (ctypes.c_int64 * count)(*(rows for _, rows, _ in groups)),

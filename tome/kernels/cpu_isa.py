@@ -29,12 +29,15 @@ class InstructionSet:
 # flags): generic tuning ran a batch-16 pass of block-quantized matmuls 5% slower.
 _V3 = frozenset({"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "abm", "movbe"})
 _V4 = _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
-_BF16 = _V4 | {"avx512_vnni", "avx512_bf16"}
+_VNNI = _V4 | {"avx512_vnni"}
+_BF16 = _VNNI | {"avx512_bf16"}
 
 # Narrowest first: the last one a CPU runs is its default.
 X86_VARIANTS = (
     InstructionSet("avx2", ("-march=x86-64-v3", "-mtune=native"), _V3),
     InstructionSet("avx512", ("-march=x86-64-v4", "-mtune=native"), _V4),
+    # VNNI's 8-bit dot products (Cascade Lake, Ice Lake, Zen 4) without bf16 ones.
+    InstructionSet("avx512_vnni", ("-march=x86-64-v4", "-mtune=native", "-mavx512vnni"), _VNNI),
     InstructionSet(
         "avx512_bf16",
         ("-march=x86-64-v4", "-mtune=native", "-mavx512vnni", "-mavx512bf16"),

@@ -18,6 +18,7 @@ class BlockQuantizedExperts(nn.Module):
         super().__init__()
         self.gate_up, self.down = gate_up, down
         self.num_experts = len(gate_up)
+        self.int8_activations = True  # see set_int8_activations
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """As FusedExperts: each token's weighted sum of its experts, added in expert
@@ -29,10 +30,10 @@ class BlockQuantizedExperts(nn.Module):
         assignments = torch.cat([assignments for _, assignments in groups])
         tokens = assignments // ids.shape[1]
         gate_up = grouped_block_quantized_matmul(
-            x[tokens], counts, [self.gate_up[e] for e in experts]
+            x[tokens], counts, [self.gate_up[e] for e in experts], self.int8_activations
         )
         down = grouped_block_quantized_matmul(
-            silu_and_mul(gate_up), counts, [self.down[e] for e in experts]
+            silu_and_mul(gate_up), counts, [self.down[e] for e in experts], self.int8_activations
         )
         out = torch.zeros_like(x)
         return out.index_add_(0, tokens, down * weights.flatten()[assignments, None])

@@ -1,6 +1,9 @@
 """A linear layer and an embedding whose weight stays in GGUF's quantized blocks, packed for
 the CPU kernel: it multiplies by the blocks, and a lookup expands only the rows it picks.
-A tied LM head and embedding share one weight. Both work in float32."""
+A tied LM head and embedding share one weight. Both work in float32.
+
+Layers that multiply by blocks round their activations to 8 bits unless told otherwise
+(EngineConfig.int8_activations, applied to a loaded model by set_int8_activations)."""
 
 import torch
 from torch import nn
@@ -12,14 +15,22 @@ from tome.kernels.block_quantized_matmul import (
 )
 
 
+def set_int8_activations(model: nn.Module, enabled: bool) -> None:
+    """Every block-quantized product of `model` rounds its activations to 8 bits (or not)."""
+    for module in model.modules():
+        if hasattr(module, "int8_activations"):
+            module.int8_activations = enabled
+
+
 class BlockQuantizedLinear(nn.Module):
     def __init__(self, weight: PackedWeight, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.weight = weight
         self.bias = bias
+        self.int8_activations = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = block_quantized_matmul(x, self.weight)
+        out = block_quantized_matmul(x, self.weight, self.int8_activations)
         return out if self.bias is None else out + self.bias
 
 
@@ -32,9 +43,13 @@ class StackedBlockQuantizedLinear(nn.Module):
         super().__init__()
         self.parts = parts
         self.bias = bias
+        self.int8_activations = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.cat([block_quantized_matmul(x, part) for part in self.parts], dim=-1)
+        out = torch.cat(
+            [block_quantized_matmul(x, part, self.int8_activations) for part in self.parts],
+            dim=-1,
+        )
         return out if self.bias is None else out + self.bias
 
 

@@ -14,6 +14,7 @@ from tome.cli_options import (
     DiskKVMemoryOption,
     DtypeOption,
     HostKVMemoryOption,
+    Int8ActivationsOption,
     KVDtypeOption,
     KVMemoryOption,
     MaxModelLenOption,
@@ -78,6 +79,7 @@ def serve(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
+    int8_activations: Int8ActivationsOption = True,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     host_kv_cache_memory: HostKVMemoryOption = None,
@@ -126,6 +128,7 @@ def serve(
             sparse_prefill,
             quantization,
             quantize_head,
+            int8_activations,
         )
         server = ServerConfig(
             host,
