@@ -23,15 +23,20 @@ def print_memory_plan(plan: MemoryPlan, console: Console) -> None:
         f"{format_bytes(plan.weight_bytes)}; device memory {format_bytes(plan.device_memory)}; "
         f"model window {plan.model_window:,} tokens"
     )
+    if plan.state_bytes:
+        console.print(
+            f"recurrent state: {format_bytes(plan.state_bytes)} a sequence, whatever its length"
+        )
+    total = "weights + state + KV" if plan.state_bytes else "weights + KV"
     table = Table(title=f"KV cache for {plan.max_model_len:,} tokens")
-    for column in ("KV dtype", "bytes/token", "KV", "weights + KV", "fits", "max tokens"):
+    for column in ("KV dtype", "bytes/token", "KV", total, "fits", "max tokens"):
         table.add_column(column, justify="left" if column == "KV dtype" else "right")
     for kv in plan.kv:
         table.add_row(
             kv.kv_dtype,
             f"{kv.bytes_per_token:,}",
             format_bytes(kv.kv_bytes),
-            format_bytes(plan.weight_bytes + kv.kv_bytes),
+            format_bytes(plan.weight_bytes + plan.state_bytes + kv.kv_bytes),
             "[green]yes[/]" if kv.fits else "[red]no[/]",
             f"{kv.max_tokens:,}",
         )

@@ -24,6 +24,7 @@ from tome.engine.sampler import SampledToken
 from tome.engine.sampling_params import SamplingParams
 from tome.engine.scheduler import ScheduledBatch, Scheduler
 from tome.engine.sequence import Sequence
+from tome.engine.state_pool import StatePool, state_bytes_per_sequence
 from tome.errors import InvalidRequestError, KVCacheCapacityError, PromptTooLongError
 
 logger = logging.getLogger(__name__)
@@ -44,22 +45,28 @@ class Engine:
         self.max_model_len = self._max_model_len()
         token_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype)  # scales included
         block_bytes = token_bytes * config.block_size
+        # A hybrid model's recurrent state, one slot per seat, comes out of the same budget.
+        state_bytes = config.max_num_seqs * state_bytes_per_sequence(loaded.model, self.dtype)
         budget = kv_budget(
-            config.kv_cache_memory, device, config.max_num_seqs * self.max_model_len * token_bytes
+            config.kv_cache_memory,
+            device,
+            config.max_num_seqs * self.max_model_len * token_bytes + state_bytes,
         )
-        num_blocks = budget // block_bytes
+        num_blocks = (budget - state_bytes) // block_bytes
         if num_blocks < 1:
-            raise InvalidRequestError(
-                f"kv_cache_memory={budget} bytes holds no block of {block_bytes} bytes"
-            )
-        self.block_manager = BlockManager(
-            num_blocks, config.block_size, config.enable_prefix_caching
-        )
+            raise InvalidRequestError(_no_block_message(budget, block_bytes, state_bytes, config))
+        self.state_pool = StatePool(loaded.model, config.max_num_seqs, self.dtype, device)
+        # A sequence's recurrent state exists only where its computed tokens end, so a
+        # prefix-cache hit would find KV blocks but no state to resume from: hits are off
+        # for hybrid models until states are checkpointed at block boundaries.
+        prefix_caching = config.enable_prefix_caching and not self.state_pool.has_state
+        self.block_manager = BlockManager(num_blocks, config.block_size, prefix_caching)
         self.scheduler = Scheduler(
             self.block_manager,
             config.step_token_budget(),
             config.max_num_seqs,
             config.prefill_policy(self.max_model_len),
+            self.state_pool,
         )
         self.runner = ModelRunner(
             loaded.model,
@@ -69,6 +76,7 @@ class Engine:
             device,
             kv_read_dtype=kv_cache_dtype(self.dtype, device),
             sparse_prefill=config.sparse_prefill,
+            state_pool=self.state_pool,
         )
         if device.type == "cuda" and not config.enforce_eager:
             self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
@@ -87,6 +95,13 @@ class Engine:
             config.block_size,
             self.max_model_len,
         )
+        if self.state_pool.has_state:
+            logger.info(
+                "recurrent state: %d bytes a sequence, %d slots (%.1f MiB); prefix caching off",
+                self.state_pool.bytes_per_sequence,
+                config.max_num_seqs,
+                state_bytes / 2**20,
+            )
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -147,6 +162,13 @@ class Engine:
         """Queue the prefill of a named context; when it finishes, its blocks stay pinned
         (see ContextCache) and the request ends with finish_reason "stop", no tokens."""
         check_context_request(name, ttl_seconds)
+        if self.state_pool.has_state:
+            # A context is its pinned blocks; without the state at their end (not yet
+            # checkpointed) no request could resume from them.
+            raise InvalidRequestError(
+                f"{self.model_config.architecture} keeps recurrent state, which named "
+                "contexts cannot hold yet"
+            )
         if name in self.contexts or any(s.context_name == name for s in self.requests.values()):
             raise InvalidRequestError(
                 f"a context named {name!r} exists already; delete or refresh it"
@@ -306,3 +328,13 @@ class Engine:
             prompt_logprobs=seq.prompt_logprobs,
             queue_seconds=seq.queue_seconds,
         )
+
+
+def _no_block_message(budget: int, block_bytes: int, state_bytes: int, config: EngineConfig) -> str:
+    if not state_bytes:
+        return f"kv_cache_memory={budget} bytes holds no block of {block_bytes} bytes"
+    return (
+        f"kv_cache_memory={budget} bytes holds the recurrent state of max_num_seqs="
+        f"{config.max_num_seqs} sequences ({state_bytes} bytes) and no KV block of "
+        f"{block_bytes} bytes beside it; raise kv_cache_memory or lower max_num_seqs"
+    )

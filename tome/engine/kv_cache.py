@@ -18,11 +18,11 @@ DEFAULT_GPU_SHARE = 0.90  # of free GPU memory after the weights
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
-    """K and V (or a latent cache's one vector) of every layer for one token, with the
-    scales of a quantized dtype."""
+    """K and V (or a latent cache's one vector) of every layer that has them for one token,
+    with the scales of a quantized dtype."""
     per_head = config.cache_head_dim * dtype.itemsize + scale_bytes_per_token_head(dtype)
     per_layer = config.cache_tensors_per_layer * config.cache_kv_heads * per_head
-    return config.num_hidden_layers * per_layer
+    return config.num_cache_layers * per_layer
 
 
 def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -97,7 +97,7 @@ class KVPool:
         shared = config.cache_tensors_per_layer == 1
         self.layers = [
             _layer_cache(shape, dtype, read_dtype or torch.float32, device, shared)
-            for _ in range(config.num_hidden_layers)
+            for _ in range(config.num_cache_layers)
         ]
 
     def tensors(self) -> list[torch.Tensor]:

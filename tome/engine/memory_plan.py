@@ -3,7 +3,9 @@
 `tome plan` prints it; nothing here loads weights. Weight bytes are what the loaded layers
 keep (loaded_weight_bytes: quantized at load, the layout the device computes from) and KV
 bytes per token the pool's own (kv_bytes_per_token, scales of int8/fp8 included), so the
-plan and the engine agree. A pre-quantized checkpoint is counted as if in float."""
+plan and the engine agree. A pre-quantized checkpoint is counted as if in float. A hybrid
+model's recurrent state (state_pool.py) is counted for the one sequence planned: its
+size does not depend on the sequence's length."""
 
 import math
 import shutil
@@ -16,6 +18,7 @@ from torch import nn
 
 from tome.engine.config import DTYPES, KV_CACHE_DTYPES
 from tome.engine.kv_cache import free_memory, kv_bytes_per_token
+from tome.engine.state_pool import state_bytes_per_sequence
 from tome.errors import InvalidRequestError, ModelLoadError
 from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 from tome.loader import load_hf_config, resolve_model
@@ -33,8 +36,8 @@ class KVPlan:
     kv_dtype: str
     bytes_per_token: int
     kv_bytes: int  # for max_model_len tokens
-    fits: bool  # weights + kv_bytes within the device memory
-    max_tokens: int  # the most tokens whose KV fits beside the weights
+    fits: bool  # weights + state + kv_bytes within the device memory
+    max_tokens: int  # the most tokens whose KV fits beside the weights and state
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class MemoryPlan:
     dtype: str
     quantization: str | None  # EngineConfig.quantization
     weight_bytes: int
+    state_bytes: int  # one sequence's recurrent state (0 without recurrent layers)
     max_model_len: int
     model_window: int
     device_memory: int
@@ -89,8 +93,9 @@ def plan_memory(
     quantize_head: bool = True,
 ) -> MemoryPlan:
     """Weights in `dtype` (quantized at load by `quantization`, in the layout of
-    plan_device) plus the KV cache of `max_model_len` tokens, for the weights' dtype and
-    each of PLANNED_KV_DTYPES, against `device_memory` bytes."""
+    plan_device), a hybrid model's recurrent state for one sequence, plus the KV cache of
+    `max_model_len` tokens, for the weights' dtype and each of PLANNED_KV_DTYPES, against
+    `device_memory` bytes."""
     if dtype not in DTYPES:
         raise InvalidRequestError(f"dtype must be one of {', '.join(DTYPES)}")
     if quantization is not None and quantization not in WEIGHT_QUANTIZATIONS:
@@ -100,16 +105,19 @@ def plan_memory(
     if device_memory < 1:
         raise InvalidRequestError("device memory must be > 0 bytes")
     weights = weight_bytes(config, DTYPES[dtype], plan_device(), quantization, quantize_head)
+    state = state_bytes_per_sequence(meta_model(config), DTYPES[dtype])
+    room = device_memory - weights - state
     kv_names = [dtype, *(name for name in PLANNED_KV_DTYPES if name != dtype)]
     return MemoryPlan(
         parameters=parameter_count(config),
         dtype=dtype,
         quantization=quantization,
         weight_bytes=weights,
+        state_bytes=state,
         max_model_len=max_model_len,
         model_window=config.max_position_embeddings,
         device_memory=device_memory,
-        kv=[_kv_plan(config, name, max_model_len, device_memory - weights) for name in kv_names],
+        kv=[_kv_plan(config, name, max_model_len, room) for name in kv_names],
     )
 
 

@@ -1,5 +1,6 @@
-"""ModelRunner: owns the model and its KV pool; turns a scheduled batch into one flattened
-forward pass and samples the positions that need a next token."""
+"""ModelRunner: owns the model and its KV pool (and binds the recurrent state pool of a
+hybrid model); turns a scheduled batch into one flattened forward pass and samples the
+positions that need a next token."""
 
 import logging
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from tome.engine.prompt_logprobs import prompt_logprobs
 from tome.engine.sampler import SampledToken, sample
 from tome.engine.scheduler import ScheduledBatch
 from tome.engine.sequence import Sequence
+from tome.engine.state_pool import StatePool
 from tome.layers.attention import Attention
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.sparse_prefill import SparsePrefillConfig
@@ -38,8 +40,10 @@ class ModelRunner:
         device: torch.device,
         kv_read_dtype: torch.dtype | None = None,  # what a quantized cache is read back as
         sparse_prefill: SparsePrefillConfig | None = None,
+        state_pool: StatePool | None = None,  # a hybrid model's recurrent state, bound
     ) -> None:
         self.model = model
+        self.state_pool = state_pool
         self.block_size = block_size
         self.sparse_prefill = sparse_prefill
         self.device = device
@@ -49,6 +53,10 @@ class ModelRunner:
             layer.bind_cache(kv_cache)
         self.decode_graphs: DecodeGraphs | None = None
 
+    @property
+    def has_recurrent_state(self) -> bool:
+        return self.state_pool is not None and self.state_pool.has_state
+
     def capture_decode_graphs(
         self, max_num_seqs: int, max_model_len: int, capture: Capture = capture_cuda_graph
     ) -> None:
@@ -57,6 +65,8 @@ class ModelRunner:
         unsafe = {
             type(layer.backend).__name__ for layer in self.layers if not layer.backend.graph_safe
         }
+        if self.has_recurrent_state:
+            unsafe.add("the recurrent state layers")  # they index their state from the host
         if unsafe:
             logger.info("decode runs eagerly: %s reads host metadata", ", ".join(sorted(unsafe)))
             return
@@ -148,5 +158,8 @@ class ModelRunner:
             block_size=self.block_size,
             sparse_prefill=self.sparse_prefill,
         )
+        if self.has_recurrent_state:
+            meta.state_slots_cpu = [seq.state_slot for seq in batch.seqs]
+            meta.state_slots = torch.tensor(meta.state_slots_cpu).to(self.device)
         input_tensor = torch.tensor(ids, dtype=torch.long).to(self.device)
         return input_tensor, position_tensor.to(self.device), meta, sample_rows

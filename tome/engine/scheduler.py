@@ -9,7 +9,9 @@ book is being read is admitted at the next step and answered within it or the on
 while the book's prefill goes on; a prefill that gives way keeps its computed blocks.
 PrefillPolicy bounds how many prompts are mid-prefill at once. When KV blocks run out, the
 lowest-priority, newest running request is preempted: its blocks are freed and it is
-recomputed later (its full blocks usually come back from the prefix cache)."""
+recomputed later (its full blocks usually come back from the prefix cache). A model with
+recurrent layers also gives each running sequence a slot of its state pool: taken at
+admission, returned wherever the blocks are (finish, abort, pinning, preemption)."""
 
 import bisect
 import math
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 from tome.engine.block_manager import BlockManager
 from tome.engine.sequence import Sequence, SequenceStatus
+from tome.engine.state_pool import StatePool
 
 
 @dataclass
@@ -62,8 +65,10 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_num_seqs: int,
         policy: PrefillPolicy = PrefillPolicy(),
+        state_pool: StatePool | None = None,
     ):
         self.block_manager = block_manager
+        self.state_pool = state_pool
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.policy = policy
@@ -85,11 +90,13 @@ class Scheduler:
         self.block_manager.free(seq)
 
     def detach(self, seq: Sequence) -> None:
-        """Drop a sequence wherever it is, leaving its blocks to whoever holds it now."""
+        """Drop a sequence wherever it is, leaving its blocks to whoever holds it now. Its
+        recurrent state cannot be handed on: it is freed."""
         if seq in self.running:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
+        self._free_state(seq)
         seq.status = SequenceStatus.FINISHED
 
     def schedule(self) -> ScheduledBatch:
@@ -211,6 +218,8 @@ class Scheduler:
                 return False
             self._preempt(victim, scheduled)
         self.waiting.remove(seq)
+        if self.state_pool is not None:
+            self.state_pool.allocate(seq)
         seq.status = SequenceStatus.RUNNING
         if seq.first_scheduled_at is None:
             seq.first_scheduled_at = time.monotonic()
@@ -234,5 +243,10 @@ class Scheduler:
         scheduled.pop(seq, None)
         self.running.remove(seq)
         self.block_manager.free(seq)
+        self._free_state(seq)  # recomputed from the first token, as its KV is
         self.num_preemptions += 1
         self.add(seq)
+
+    def _free_state(self, seq: Sequence) -> None:
+        if self.state_pool is not None:
+            self.state_pool.free(seq)

@@ -43,6 +43,7 @@ class Sequence:
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     num_named_blocks: int = 0  # leading blocks already offered to the prefix cache
     num_cached_tokens: int | None = None  # prefix-cache hit at first admission
+    state_slot: int | None = None  # its recurrent state's slot (state_pool.py) while running
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None

@@ -29,10 +29,20 @@ class AttentionMetadata:
     block_size: int
     # Long prefill chunks attend sparsely when set (EngineConfig.sparse_prefill).
     sparse_prefill: SparsePrefillConfig | None = None
+    # [seqs] each sequence's slot in the recurrent-state pool (layer_state.py), on the
+    # device and on the host; None for models without recurrent layers.
+    state_slots: torch.Tensor | None = None
+    state_slots_cpu: list[int] | None = None
 
     @property
     def num_seqs(self) -> int:
         return len(self.context_lens_cpu)
+
+    def starts_sequence(self, seq: int) -> bool:
+        """Whether sequence `seq`'s tokens in this batch are its first: a recurrent layer
+        then starts from zeros instead of reading the sequence's state slot."""
+        start, end = self.query_start_loc_cpu[seq], self.query_start_loc_cpu[seq + 1]
+        return self.context_lens_cpu[seq] == end - start
 
     def attends_sparsely(self, seq: int) -> bool:
         """Whether sequence `seq`'s prefill chunk takes sparse attention: on, and its

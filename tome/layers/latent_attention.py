@@ -21,6 +21,10 @@ from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.rmsnorm import RMSNorm
 from tome.layers.rotary import apply_rotary, rope_parameters
 
+# The q_a and kv_a norms' eps: transformers (after DeepSeek's and Kimi's own code) builds
+# them with the norm's default, not the config's rms_norm_eps.
+LATENT_NORM_EPS = 1e-6
+
 
 class LatentExpansion(nn.Module):
     """kv_b_proj: per head, the rows that expand a latent into the head's key without
@@ -41,11 +45,13 @@ class LatentExpansion(nn.Module):
 
 
 class LatentAttention(nn.Module):
-    def __init__(self, hf: Any, interleaved_rope: bool) -> None:
+    def __init__(self, hf: Any, interleaved_rope: bool, rotary: bool = True) -> None:
         """hf: a DeepSeek-style transformers config. interleaved_rope: whether the rotary
         dimensions pair up as (0, 1), (2, 3), ... (DeepSeek's own layout) rather than as
-        the two halves."""
+        the two halves. rotary: False where those dimensions are not rotated (Kimi
+        Linear)."""
         super().__init__()
+        self.rotary = rotary
         self.num_heads = hf.num_attention_heads
         self.nope_dim, self.rope_dim = hf.qk_nope_head_dim, hf.qk_rope_head_dim
         self.v_head_dim, self.kv_lora_rank = hf.v_head_dim, hf.kv_lora_rank
@@ -54,32 +60,39 @@ class LatentAttention(nn.Module):
         bias = bool(getattr(hf, "attention_bias", False))
         if hf.q_lora_rank:
             self.q_a_proj = nn.Linear(hf.hidden_size, hf.q_lora_rank, bias=bias)
-            self.q_a_layernorm = RMSNorm(hf.q_lora_rank, hf.rms_norm_eps)
+            self.q_a_layernorm = RMSNorm(hf.q_lora_rank, LATENT_NORM_EPS)
             self.q_b_proj = nn.Linear(hf.q_lora_rank, self.num_heads * qk_head_dim, bias=False)
         else:
             self.q_proj = nn.Linear(hf.hidden_size, self.num_heads * qk_head_dim, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(
             hf.hidden_size, self.kv_lora_rank + self.rope_dim, bias=bias
         )
-        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, hf.rms_norm_eps)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, LATENT_NORM_EPS)
         self.kv_b_proj = LatentExpansion(
             self.num_heads, self.nope_dim, self.v_head_dim, self.kv_lora_rank
         )
         self.o_proj = nn.Linear(self.num_heads * self.v_head_dim, hf.hidden_size, bias=bias)
         # YaRN's mscale_all_dim scales every dimension's scores, not only the rotary ones.
-        scale = yarn_apply_mscale(rope_parameters(hf), qk_head_dim**-0.5)
+        scale = qk_head_dim**-0.5
+        if rotary:
+            scale = yarn_apply_mscale(rope_parameters(hf), scale)
         self.attn = Attention(self.num_heads, 1, self.kv_lora_rank + self.rope_dim, scale)
 
     def forward(
-        self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata
+        self,
+        x: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor] | None,
+        meta: AttentionMetadata,
     ) -> torch.Tensor:
+        """cos_sin: the batch's rotary cos and sin; None without rotary."""
         tokens = x.shape[0]
         q = self._queries(x).view(tokens, self.num_heads, -1)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
         latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], -1)
         latent = self.kv_a_layernorm(latent.contiguous())
-        q_rope = self._rotate(q_rope, cos_sin)
-        k_rope = self._rotate(k_rope[:, None, :], cos_sin)
+        k_rope = k_rope[:, None, :]
+        if self.rotary:
+            q_rope, k_rope = self._rotate(q_rope, cos_sin), self._rotate(k_rope, cos_sin)
         w_uk, w_uv = self.kv_b_proj.per_head()
         # Per head: q_nope [tokens, nope] @ W_UK [nope, latent].
         q_latent = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)

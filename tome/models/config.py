@@ -16,7 +16,11 @@ SUPPORTED_ARCHITECTURES = (
     "Qwen3MoeForCausalLM",
     "DeepseekV2ForCausalLM",
     "DeepseekV3ForCausalLM",
+    "KimiLinearForCausalLM",
 )
+# Layer types (a config's `layer_types`) that keep a fixed-size recurrent state instead of
+# KV in the paged cache.
+RECURRENT_LAYER_TYPES = ("linear_attention",)
 # Families whose attention has q/k/v biases, and those with RMSNorm on q and k per head.
 QKV_BIAS_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
 QK_NORM_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
@@ -42,10 +46,15 @@ class ModelConfig:
     # Latent attention (DeepSeek's MLA) caches one vector per token and layer, the
     # compressed latent and the rotary key side by side, read as both K and V.
     latent_cache_dim: int | None = None
+    # Layers with K/V in the paged cache; in a hybrid model (Kimi Linear) the others keep
+    # recurrent state instead. None: every layer.
+    num_cache_layers: int | None = None
     hf_config: Any = field(repr=False, default=None)
 
     def __post_init__(self) -> None:
         _check_supported(self.architecture)
+        if self.num_cache_layers is None:
+            self.num_cache_layers = self.num_hidden_layers
         if self.num_attention_heads % self.num_key_value_heads:
             raise ModelLoadError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -94,6 +103,7 @@ class ModelConfig:
             qk_norm=architecture in QK_NORM_ARCHITECTURES,
             sliding_window=_sliding_window(hf_config),
             latent_cache_dim=_latent_cache_dim(hf_config),
+            num_cache_layers=_cache_layer_count(hf_config),
             hf_config=hf_config,
         )
 
@@ -117,6 +127,12 @@ def _latent_cache_dim(hf_config: Any) -> int | None:
     return rank + hf_config.qk_rope_head_dim if rank else None
 
 
+def _cache_layer_count(hf_config: Any) -> int:
+    layer_types = getattr(hf_config, "layer_types", None) or []
+    recurrent = sum(1 for kind in layer_types if kind in RECURRENT_LAYER_TYPES)
+    return hf_config.num_hidden_layers - recurrent
+
+
 def _check_supported(architecture: str) -> None:
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedArchitectureError(
@@ -137,6 +153,7 @@ def _architecture_from_model_type(model_type: str) -> str:
         "deepseek_v2": "DeepseekV2ForCausalLM",
         "deepseek_v3": "DeepseekV3ForCausalLM",
         "kimi_k2": "DeepseekV3ForCausalLM",
+        "kimi_linear": "KimiLinearForCausalLM",
     }
     if model_type not in by_type:
         raise UnsupportedArchitectureError(f"model_type {model_type!r} is not supported")

@@ -50,9 +50,10 @@ class DeepseekMoE(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         hf = config.hf_config
-        self.is_v3 = config.architecture == "DeepseekV3ForCausalLM"
+        # V3's router also serves Kimi Linear.
+        self.is_v3 = config.architecture != "DeepseekV2ForCausalLM"
         self.hf = hf
-        num_experts = hf.n_routed_experts
+        num_experts = routed_experts(hf)
         self.gate = Float32Router(num_experts, config.hidden_size, has_bias=self.is_v3)
         self.experts = FusedExperts(num_experts, config.hidden_size, hf.moe_intermediate_size)
         shared_size = hf.moe_intermediate_size * hf.n_shared_experts
@@ -89,7 +90,7 @@ class DeepseekForCausalLM(SparseMoeForCausalLM):
         _check_routing(config)
         super().__init__(config)
 
-    def make_attention(self) -> nn.Module:
+    def make_attention(self, layer_index: int) -> nn.Module:
         # V2 rotates interleaved pairs (as complex numbers); V3 says which in its config.
         is_v3 = self.config.architecture == "DeepseekV3ForCausalLM"
         interleaved = bool(getattr(self.config.hf_config, "rope_interleave", True)) or not is_v3
@@ -106,7 +107,7 @@ class DeepseekForCausalLM(SparseMoeForCausalLM):
         past num_hidden_layers; like transformers, the model skips them."""
         layers = self.config.num_hidden_layers
         super().load_weights(
-            ((name, t) for name, t in weights if _layer_index(name) < layers), device
+            ((name, t) for name, t in weights if layer_of_tensor(name) < layers), device
         )
 
     def _target(self, name: str) -> tuple[str, int]:
@@ -117,7 +118,14 @@ class DeepseekForCausalLM(SparseMoeForCausalLM):
         return super()._target(name)
 
 
-def _layer_index(name: str) -> int:
+def routed_experts(hf) -> int:
+    """DeepSeek's configs count their routed experts as n_routed_experts, Kimi Linear's as
+    num_experts."""
+    return getattr(hf, "n_routed_experts", None) or hf.num_local_experts
+
+
+def layer_of_tensor(name: str) -> int:
+    """The decoder layer a checkpoint tensor belongs to; -1 for the embedding, norm, head."""
     match = LAYER_NAME.match(name)
     return int(match.group(1)) if match else -1
 
@@ -129,10 +137,10 @@ def _mlp_bias(hf) -> bool:
 def _check_routing(config: ModelConfig) -> None:
     """Refuse, as one line, routing settings the router cannot follow."""
     hf = config.hf_config
-    groups = hf.n_group or 1
-    if hf.n_routed_experts % groups or (hf.topk_group or 0) > groups:
+    groups, experts = hf.n_group or 1, routed_experts(hf)
+    if experts % groups or (hf.topk_group or 0) > groups:
         raise ModelLoadError(
-            f"n_routed_experts={hf.n_routed_experts} in n_group={hf.n_group} groups with "
+            f"{experts} routed experts in n_group={hf.n_group} groups with "
             f"topk_group={hf.topk_group} is not a valid grouping"
         )
     method = getattr(hf, "topk_method", "noaux_tc")

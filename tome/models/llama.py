@@ -96,17 +96,17 @@ class LlamaModel(nn.Module):
     def __init__(
         self,
         config: ModelConfig,
-        make_attention: Callable[[], nn.Module],
+        make_attention: Callable[[int], nn.Module],
         make_mlp: Callable[[int], nn.Module],
     ) -> None:
-        """make_attention(): a layer's attention (a family's latent attention, say);
-        make_mlp(layer index): the layer's feed-forward block (a family's MoE, say). All
+        """make_attention(layer index): the layer's attention (a family's latent attention,
+        say); make_mlp(layer index): its feed-forward block (a family's MoE, say). All
         layers share one rotary embedding: the model rotates once per batch."""
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(config.hf_config, config.head_dim)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, make_attention(), make_mlp(i))
+            LlamaDecoderLayer(config, make_attention(i), make_mlp(i))
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -135,7 +135,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, self.make_attention, self.make_mlp)
+        self.model = self.make_model()
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -146,7 +146,12 @@ class LlamaForCausalLM(nn.Module):
         """Hidden states [tokens, hidden] for a flattened batch."""
         return self.model(input_ids, positions, meta)
 
-    def make_attention(self) -> nn.Module:
+    def make_model(self) -> nn.Module:
+        """The decoder stack; a family whose layers differ in more than their attention and
+        MLP (one without rotary, say) overrides it."""
+        return LlamaModel(self.config, self.make_attention, self.make_mlp)
+
+    def make_attention(self, layer_index: int) -> nn.Module:
         """A layer's attention; families with another kind override it."""
         return LlamaAttention(self.config)
 

@@ -4,6 +4,7 @@ from torch import nn
 
 from tome.models.config import ModelConfig
 from tome.models.deepseek import DeepseekForCausalLM
+from tome.models.kimi_linear import KimiLinearForCausalLM
 from tome.models.llama import LlamaForCausalLM
 from tome.models.mixtral import MixtralForCausalLM
 from tome.models.qwen_moe import QwenMoeForCausalLM
@@ -18,6 +19,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "Qwen3MoeForCausalLM": QwenMoeForCausalLM,
     "DeepseekV2ForCausalLM": DeepseekForCausalLM,
     "DeepseekV3ForCausalLM": DeepseekForCausalLM,
+    "KimiLinearForCausalLM": KimiLinearForCausalLM,
 }
 
 

@@ -1,0 +1,290 @@
+"""Kimi Linear (KDA linear attention + NoPE latent attention + DeepSeek-V3 MoE) against
+transformers: the KDA kernels equal transformers' torch fallbacks; tiny random models
+saved by transformers, in two layer patterns (dense first layer or none, q_lora on and
+off, grouped routing, one and two shared experts), give transformers' greedy tokens and
+logprobs for prompts past several KDA chunks and KV blocks, prefilled whole or in small
+chunks, batched or alone, preempted and recomputed; the recurrent state pool gets every
+slot back; bad configs and budgets are refused with one line."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers.models.kimi_linear import modeling_kimi_linear as hf_kimi
+
+from tests.conftest import TINY_FIELDS
+from tests.reference import load_reference, reference_greedy
+from tests.test_bad_input import assert_one_line
+from tests.test_engine_equality import MAX_NEW, TOP, greedy_params, random_prompts
+from tests.test_moe_models import save_random_moe
+from tome import LLM, SamplingParams
+from tome.engine.memory_plan import plan_memory
+from tome.errors import InvalidRequestError, ModelLoadError
+from tome.layers import kda_ops
+from tome.layers.kda_ops import chunk_kda, recurrent_kda_step
+from tome.layers.kimi_delta_attention import KimiDeltaAttention
+from tome.layers.latent_attention import LatentAttention
+from tome.layers.short_conv import ShortConvolution
+from tome.models.config import ModelConfig
+
+KDA, MLA = "linear_attention", "full_attention"
+COMMON = {
+    **TINY_FIELDS,
+    "num_hidden_layers": 4,
+    "num_key_value_heads": 4,
+    "pad_token_id": 0,
+    "intermediate_size": 96,
+    "moe_intermediate_size": 32,
+    "kv_lora_rank": 32,
+    "qk_nope_head_dim": 16,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 24,
+    "num_experts_per_tok": 2,
+    "routed_scaling_factor": 2.0,
+}
+KIMI_MODELS = {
+    "kda_first_dense": dict(
+        layer_types=[KDA, KDA, MLA, KDA],
+        mlp_layer_types=["dense", "sparse", "sparse", "sparse"],
+        q_lora_rank=None,
+        num_local_experts=4,
+        n_shared_experts=1,
+        n_group=1,
+        topk_group=1,
+        linear_num_heads=2,
+        linear_head_dim=16,
+        linear_conv_kernel_dim=4,
+    ),
+    "mla_first_all_sparse_q_lora": dict(
+        layer_types=[MLA, KDA, KDA, MLA],
+        mlp_layer_types=["sparse"] * 4,
+        q_lora_rank=16,
+        num_local_experts=6,
+        n_shared_experts=2,
+        n_group=2,
+        topk_group=1,
+        linear_num_heads=4,
+        linear_head_dim=8,
+        linear_conv_kernel_dim=3,
+    ),
+}
+# Past three KDA chunks of 64 and twelve KV blocks of 16; a one-token prompt too.
+PROMPTS = random_prompts([1, 7, 150, 200], seed=21)
+
+
+def save_tiny_kimi(name: str, path, tokenizer_dir):
+    config = transformers.KimiLinearConfig(**{**COMMON, **KIMI_MODELS[name]})
+    return save_random_moe(config, path, tokenizer_dir)
+
+
+@pytest.fixture(scope="module", params=list(KIMI_MODELS))
+def kimi(request, tmp_path_factory, hf_tokenizer_dir):
+    return save_tiny_kimi(request.param, tmp_path_factory.mktemp(request.param), hf_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def expected(kimi):
+    """transformers' greedy tokens and logprobs for each of PROMPTS."""
+    reference = load_reference(kimi)
+    return [reference_greedy(reference, prompt, MAX_NEW) for prompt in PROMPTS]
+
+
+def engine(path, **engine_args) -> LLM:
+    defaults = {"kv_cache_memory": 4 << 20, "block_size": 16, "max_num_seqs": 4}
+    return LLM(str(path), **{**defaults, **engine_args})
+
+
+def assert_matches(expected, outputs) -> None:
+    """Tokens equal; logprobs of our top alternatives as transformers gives them."""
+    for (tokens, logprobs), out in zip(expected, outputs, strict=True):
+        assert out.token_ids == tokens
+        for ours, theirs in zip(out.logprobs, logprobs, strict=True):
+            ids = list(ours.top)
+            values = torch.tensor([ours.top[i] for i in ids])
+            torch.testing.assert_close(values, theirs[ids], atol=1e-4, rtol=0)
+            torch.testing.assert_close(values, theirs.topk(TOP).values, atol=1e-4, rtol=0)
+
+
+def assert_every_slot_free(llm: LLM) -> None:
+    pool = llm.engine.state_pool
+    assert pool.num_free == pool.num_slots
+
+
+def kda_inputs(tokens: int, heads: int = 3, k_dim: int = 16, v_dim: int = 24, decay: float = 3):
+    torch.manual_seed(tokens)
+    q, k = torch.randn(tokens, heads, k_dim), torch.randn(tokens, heads, k_dim)
+    v = torch.randn(tokens, heads, v_dim)
+    g = -torch.rand(tokens, heads, k_dim) * decay
+    return q, k, v, g, torch.rand(tokens, heads)
+
+
+@pytest.mark.parametrize("decay", [3.0, 60.0])  # 60: exp(-g) over a chunk overflows float32
+@pytest.mark.parametrize("chunks_at_once", ["all", "one"])
+def test_chunked_kda_equals_transformers(decay, chunks_at_once, monkeypatch):
+    if chunks_at_once == "one":
+        monkeypatch.setattr(kda_ops, "DECAY_ELEMENTS", 1)
+    q, k, v, g, beta = kda_inputs(150, decay=decay)
+    state = torch.randn(3, 16, 24)
+    theirs, their_state = hf_kimi.chunk_kimi_delta_attention(
+        *(x[None] for x in (q, k, v, g, beta)),
+        initial_state=state[None],
+        output_final_state=True,
+        use_qk_l2norm_in_kernel=True,
+    )
+    ours, our_state = chunk_kda(q, k, v, g, beta, state)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, theirs[0], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(our_state, their_state[0], atol=2e-5, rtol=1e-5)
+
+
+def test_a_decode_step_equals_transformers_recurrence():
+    q, k, v, g, beta = kda_inputs(5)
+    states = torch.randn(5, 3, 16, 24)  # five sequences, one token each
+    theirs, their_states = hf_kimi.recurrent_kimi_delta_attention(
+        *(x[:, None] for x in (q, k, v, g, beta)),
+        initial_state=states,
+        output_final_state=True,
+        use_qk_l2norm_in_kernel=True,
+    )
+    ours = recurrent_kda_step(q, k, v, g, beta, states)
+    torch.testing.assert_close(ours, theirs[:, 0])
+    torch.testing.assert_close(states, their_states)
+
+
+def test_the_short_convolution_in_pieces_equals_one_pass():
+    torch.manual_seed(0)
+    conv = ShortConvolution(6, 4)
+    torch.nn.init.normal_(conv.weight)
+    x = torch.randn(20, 6)
+    theirs = hf_kimi.causal_conv1d_fn(x.T[None], conv.weight[:, 0], activation="silu")[0].T
+    first, state = conv.forward_chunk(x[:2], None)  # shorter than the state
+    second, state = conv.forward_chunk(x[2:13], state)
+    states = state[None].clone()
+    steps = [conv.forward_step(x[t : t + 1], states) for t in range(13, 20)]
+    torch.testing.assert_close(torch.cat([first, second, *steps]), theirs)
+
+
+def test_greedy_and_logprobs_equal_transformers(kimi, expected):
+    llm = engine(kimi)
+    assert_matches(expected, llm.generate(PROMPTS, greedy_params()))
+    assert_every_slot_free(llm)
+
+
+def test_chunked_prefill_equals_one_shot(kimi, expected):
+    # 24 tokens a step: chunks end inside KDA chunks and KV blocks alike.
+    llm = engine(kimi, max_num_batched_tokens=24)
+    assert_matches(expected, llm.generate(PROMPTS, greedy_params()))
+
+
+def test_a_batch_equals_each_sequence_alone(kimi):
+    batched = engine(kimi).generate(PROMPTS, greedy_params())
+    alone = engine(kimi, max_num_seqs=1)
+    for prompt, together in zip(PROMPTS, batched, strict=True):
+        out = alone.generate([prompt], greedy_params())[0]
+        assert out.token_ids == together.token_ids
+        mine = torch.tensor([t.logprob for t in out.logprobs])
+        torch.testing.assert_close(mine, torch.tensor([t.logprob for t in together.logprobs]))
+
+
+def test_preemption_recomputes_the_state(kimi, expected):
+    llm = engine(kimi)
+    block_bytes = llm.engine.runner.kv_pool.bytes_per_block
+    state_bytes = 4 * llm.engine.state_pool.bytes_per_sequence
+    # 26 blocks of 16: the prompts take 25, their answers would need 28.
+    small = engine(kimi, kv_cache_memory=state_bytes + 26 * block_bytes)
+    outputs = small.generate(PROMPTS, greedy_params())
+    assert small.engine.scheduler.num_preemptions > 0
+    assert_matches(expected, outputs)
+    assert_every_slot_free(small)
+
+
+def test_an_aborted_request_gives_its_slot_back(kimi):
+    llm = engine(kimi, max_num_batched_tokens=32)
+    for i, prompt in enumerate(PROMPTS):
+        llm.engine.add_request(str(i), prompt, SamplingParams(max_tokens=50, ignore_eos=True))
+    for _ in range(3):
+        llm.engine.step()
+    assert llm.engine.state_pool.num_free < llm.engine.state_pool.num_slots
+    for i in range(len(PROMPTS)):
+        llm.engine.abort(str(i))
+    assert_every_slot_free(llm)
+
+
+def test_a_shared_prefix_is_recomputed_not_taken_from_the_cache(kimi, expected):
+    # Its blocks would be there, but not the recurrent state at their end.
+    llm = engine(kimi)
+    llm.generate([PROMPTS[3][:120]], greedy_params())
+    out = llm.generate([PROMPTS[3]], greedy_params())[0]
+    assert out.num_cached_tokens == 0
+    assert_matches(expected[3:], [out])
+
+
+def test_the_checkpoint_config_and_names_load(tmp_path, hf_tokenizer_dir):
+    """Kimi-Linear's own config.json numbers its KDA and MLA layers from 1 in
+    linear_attn_config and gives first_k_dense_replace; its dense MLP is `mlp`."""
+    path = save_tiny_kimi("kda_first_dense", tmp_path, hf_tokenizer_dir)
+    config = json.loads((path / "config.json").read_text())
+    for key in ("layer_types", "mlp_layer_types", "linear_num_heads", "linear_head_dim"):
+        config.pop(key)
+    config.update(
+        linear_attn_config={
+            "kda_layers": [1, 2, 4],
+            "full_attn_layers": [3],
+            "num_heads": 2,
+            "head_dim": 16,
+            "short_conv_kernel_size": 4,
+        },
+        first_k_dense_replace=1,
+    )
+    (path / "config.json").write_text(json.dumps(config))
+    tensors = load_file(path / "model.safetensors")
+    dense = "model.layers.0.block_sparse_moe."
+    tensors = {name.replace(dense, "model.layers.0.mlp."): t for name, t in tensors.items()}
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    reference = load_reference(path)
+    llm = engine(path)
+    kinds = [type(layer.self_attn) for layer in llm.engine.runner.model.model.layers]
+    assert kinds == [KimiDeltaAttention, KimiDeltaAttention, LatentAttention, KimiDeltaAttention]
+    tokens, _ = reference_greedy(reference, PROMPTS[2], MAX_NEW)
+    assert llm.generate([PROMPTS[2]], greedy_params())[0].token_ids == tokens
+
+
+def test_an_unknown_layer_type_is_one_clear_error(tmp_path, hf_tokenizer_dir):
+    path = save_tiny_kimi("kda_first_dense", tmp_path, hf_tokenizer_dir)
+    config = json.loads((path / "config.json").read_text())
+    config["layer_types"][1] = "sliding_attention"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as exc_info:
+        engine(path)
+    assert_one_line(exc_info, ModelLoadError)
+    assert "layer 1" in str(exc_info.value) and "'sliding_attention'" in str(exc_info.value)
+
+
+def test_a_budget_without_room_beside_the_state_is_one_clear_error(kimi):
+    state_bytes = 4 * engine(kimi).engine.state_pool.bytes_per_sequence
+    with pytest.raises(InvalidRequestError) as exc_info:
+        engine(kimi, kv_cache_memory=state_bytes + 100)
+    assert_one_line(exc_info, InvalidRequestError)
+    assert "recurrent state of max_num_seqs=4" in str(exc_info.value)
+
+
+def test_named_contexts_are_refused_for_now(kimi):
+    with pytest.raises(InvalidRequestError) as exc_info:
+        engine(kimi).cache_context("book", PROMPTS[2], ttl_seconds=60)
+    assert_one_line(exc_info, InvalidRequestError)
+
+
+def test_the_plan_counts_the_state_once_and_kv_only_for_latent_layers(kimi):
+    config = ModelConfig.from_hf(transformers.AutoConfig.from_pretrained(kimi))
+    hf = config.hf_config
+    kda_layers = hf.layer_types.count(KDA)
+    heads, dim, taps = hf.linear_num_heads, hf.linear_head_dim, hf.linear_conv_kernel_dim
+    per_layer = heads * dim * dim * 4 + 3 * heads * dim * (taps - 1) * 4  # float32
+    plan = plan_memory(config, "float32", 1000, 1 << 30)
+    assert plan.state_bytes == kda_layers * per_layer
+    latent = COMMON["kv_lora_rank"] + COMMON["qk_rope_head_dim"]
+    assert plan.kv[0].bytes_per_token == (4 - kda_layers) * latent * 4
+    room = (1 << 30) - plan.weight_bytes - plan.state_bytes
+    assert plan.kv[0].max_tokens == room // plan.kv[0].bytes_per_token
