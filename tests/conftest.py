@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from tests.web_pages_server import PagesServer
-from tome.kernels import cpu_isa
+from tome.kernels import cpu_isa, cpu_kernels
 
 # Where the kernel tests put their tensors: the GPU when Triton compiles for it, else the
 # CPU, where the interpreter runs the kernels.
@@ -111,7 +111,9 @@ def each_cpu_isa(request, monkeypatch) -> str:
     """A C++ kernel test once per instruction set this CPU runs, each on its own build: a
     kernel must not be tested only as the machine's widest variant."""
     monkeypatch.setenv(cpu_isa.ISA_ENV, request.param)
-    return request.param
+    cpu_kernels.forget_loaded()
+    yield request.param
+    cpu_kernels.forget_loaded()  # later tests load the variant their environment names
 
 
 @pytest.fixture(scope="session")

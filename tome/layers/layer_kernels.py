@@ -20,19 +20,23 @@ LAYER_OPS_CHOICES = ("auto", "triton", "torch")
 
 def layer_kernels(x: torch.Tensor) -> ModuleType | None:
     """The module whose rms_norm, rotate_in_place and silu_and_mul serve x, or None."""
-    if uses_triton(x):
+    choice = _choice()  # read once: a decode step asks hundreds of times
+    if _triton_chosen(choice, x):
         # Imported only when chosen: Triton is an optional dependency.
         from tome.kernels import triton_layer_ops
 
         return triton_layer_ops
-    if _choice() == "auto" and cpu_layer_ops.runs_on(x):
+    if choice == "auto" and cpu_layer_ops.runs_on(x):
         return cpu_layer_ops
     return None
 
 
 def uses_triton(x: torch.Tensor) -> bool:
     """Whether x's layer ops (and a MoE layer's experts) run as Triton kernels."""
-    choice = _choice()
+    return _triton_chosen(_choice(), x)
+
+
+def _triton_chosen(choice: str, x: torch.Tensor) -> bool:
     return choice == "triton" or (choice == "auto" and x.is_cuda and _has_triton())
 
 
