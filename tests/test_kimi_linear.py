@@ -3,8 +3,10 @@ transformers: the KDA kernels equal transformers' torch fallbacks; tiny random m
 saved by transformers, in two layer patterns (dense first layer or none, q_lora on and
 off, grouped routing, one and two shared experts), give transformers' greedy tokens and
 logprobs for prompts past several KDA chunks and KV blocks, prefilled whole or in small
-chunks, batched or alone, preempted and recomputed; the recurrent state pool gets every
-slot back; bad configs and budgets are refused with one line."""
+chunks, batched or alone, preempted and recomputed; prefix-cache hits and named contexts
+resume from state checkpoints (from host memory too) and give the same outputs; the
+recurrent state pool gets every slot back and keeps its checkpoints within their bounds;
+bad configs and budgets are refused with one line."""
 
 import json
 
@@ -21,11 +23,15 @@ from tests.test_engine_equality import MAX_NEW, TOP, greedy_params, random_promp
 from tests.test_moe_models import save_random_moe
 from tome import LLM, SamplingParams
 from tome.engine.memory_plan import plan_memory
+from tome.engine.sequence import Sequence
+from tome.engine.state_checkpoints import PER_SEQUENCE, StateCheckpoints, checkpoint_block
 from tome.errors import InvalidRequestError, ModelLoadError
 from tome.layers import kda_ops
+from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.kda_ops import chunk_kda, recurrent_kda_step
 from tome.layers.kimi_delta_attention import KimiDeltaAttention
 from tome.layers.latent_attention import LatentAttention
+from tome.layers.layer_state import StateCheckpoint
 from tome.layers.short_conv import ShortConvolution
 from tome.models.config import ModelConfig
 
@@ -72,6 +78,9 @@ KIMI_MODELS = {
 }
 # Past three KDA chunks of 64 and twelve KV blocks of 16; a one-token prompt too.
 PROMPTS = random_prompts([1, 7, 150, 200], seed=21)
+# Two questions about one document: they part at token 100, inside the seventh block.
+DOCUMENT = PROMPTS[3][:100]
+QUESTIONS = random_prompts([40, 25], seed=22, prefix=DOCUMENT)
 
 
 def save_tiny_kimi(name: str, path, tokenizer_dir):
@@ -85,10 +94,20 @@ def kimi(request, tmp_path_factory, hf_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def expected(kimi):
+def reference(kimi):
+    return load_reference(kimi)
+
+
+@pytest.fixture(scope="module")
+def expected(reference):
     """transformers' greedy tokens and logprobs for each of PROMPTS."""
-    reference = load_reference(kimi)
     return [reference_greedy(reference, prompt, MAX_NEW) for prompt in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def expected_questions(reference):
+    """transformers' greedy tokens and logprobs for each of QUESTIONS, whole."""
+    return [reference_greedy(reference, prompt, MAX_NEW) for prompt in QUESTIONS]
 
 
 def engine(path, **engine_args) -> LLM:
@@ -110,6 +129,12 @@ def assert_matches(expected, outputs) -> None:
 def assert_every_slot_free(llm: LLM) -> None:
     pool = llm.engine.state_pool
     assert pool.num_free == pool.num_slots
+
+
+def assert_no_checkpoint_leaks(llm: LLM) -> None:
+    """Every checkpoint slot is free or holds a kept checkpoint, none reserved."""
+    checkpoints = llm.engine.state_pool.checkpoints
+    assert checkpoints.num_free + len(checkpoints) == checkpoints.num_slots
 
 
 def kda_inputs(tokens: int, heads: int = 3, k_dim: int = 16, v_dim: int = 24, decay: float = 3):
@@ -166,6 +191,54 @@ def test_the_short_convolution_in_pieces_equals_one_pass():
     torch.testing.assert_close(torch.cat([first, second, *steps]), theirs)
 
 
+def state_metadata(
+    chunk: int, context: int, slot: int, checkpoint: StateCheckpoint | None = None
+) -> AttentionMetadata:
+    """One sequence's chunk of `chunk` tokens ending at `context`, in state slot `slot`,
+    with what a recurrent layer reads of it (one token goes the decode path)."""
+    unused = torch.empty(0)
+    return AttentionMetadata(
+        slot_mapping=unused,
+        block_tables=unused,
+        context_lens=unused,
+        query_start_loc=unused,
+        rope_seq_lens=unused,
+        num_decodes=int(chunk == 1),
+        query_start_loc_cpu=[0, chunk],
+        context_lens_cpu=[context],
+        block_tables_cpu=unused,
+        block_size=16,
+        state_slots=torch.tensor([slot]),
+        state_slots_cpu=[slot],
+        state_checkpoints_cpu=[checkpoint],
+    )
+
+
+def test_a_checkpoint_holds_the_state_where_it_is_saved():
+    """Saved inside a prefill chunk, or by a one-token chunk (the decode path), a
+    checkpoint is the state of a sequence that stopped there."""
+    config = transformers.KimiLinearConfig(**{**COMMON, **KIMI_MODELS["kda_first_dense"]})
+    torch.manual_seed(0)
+    layer = KimiDeltaAttention(config)
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    specs = layer.state_specs(torch.float32)
+    layer.bind_state({name: torch.zeros(4, *spec.shape) for name, spec in specs.items()})
+    x = torch.randn(16, config.hidden_size)
+    layer(x, None, state_metadata(16, 16, 0, StateCheckpoint(10, 2)))
+    layer(x[:10], None, state_metadata(10, 10, 1))
+    assert_same_state(layer, 2, 1)
+    layer(x[10:15], None, state_metadata(5, 15, 1))
+    layer(x[15:], None, state_metadata(1, 16, 1, StateCheckpoint(1, 3)))
+    for slot in (1, 3):
+        assert_same_state(layer, slot, 0)
+
+
+def assert_same_state(layer: KimiDeltaAttention, slot: int, other: int) -> None:
+    torch.testing.assert_close(layer.conv_state[slot], layer.conv_state[other])
+    torch.testing.assert_close(layer.recurrent_state[slot], layer.recurrent_state[other])
+
+
 def test_greedy_and_logprobs_equal_transformers(kimi, expected):
     llm = engine(kimi)
     assert_matches(expected, llm.generate(PROMPTS, greedy_params()))
@@ -191,13 +264,13 @@ def test_a_batch_equals_each_sequence_alone(kimi):
 def test_preemption_recomputes_the_state(kimi, expected):
     llm = engine(kimi)
     block_bytes = llm.engine.runner.kv_pool.bytes_per_block
-    state_bytes = 4 * llm.engine.state_pool.bytes_per_sequence
     # 26 blocks of 16: the prompts take 25, their answers would need 28.
-    small = engine(kimi, kv_cache_memory=state_bytes + 26 * block_bytes)
+    small = engine(kimi, kv_cache_memory=llm.engine.state_pool.nbytes + 26 * block_bytes)
     outputs = small.generate(PROMPTS, greedy_params())
     assert small.engine.scheduler.num_preemptions > 0
     assert_matches(expected, outputs)
     assert_every_slot_free(small)
+    assert_no_checkpoint_leaks(small)
 
 
 def test_an_aborted_request_gives_its_slot_back(kimi):
@@ -210,15 +283,107 @@ def test_an_aborted_request_gives_its_slot_back(kimi):
     for i in range(len(PROMPTS)):
         llm.engine.abort(str(i))
     assert_every_slot_free(llm)
+    assert_no_checkpoint_leaks(llm)
 
 
-def test_a_shared_prefix_is_recomputed_not_taken_from_the_cache(kimi, expected):
-    # Its blocks would be there, but not the recurrent state at their end.
+def test_a_chunk_checkpoints_the_last_prompt_block_it_completes():
+    assert checkpoint_block(0, 48, 140, 16) == 2  # the state after 48 tokens
+    assert checkpoint_block(96, 44, 140, 16) == 7  # the last full block of the prompt
+    assert checkpoint_block(40, 7, 140, 16) is None  # completes none
+    assert checkpoint_block(140, 1, 140, 16) is None  # a decode
+
+
+def test_checkpoints_are_bounded_per_sequence_and_in_all_but_pinned():
+    checkpoints = StateCheckpoints(range(4, 7))
+    first, second = (Sequence(str(i), [1], SamplingParams(), None) for i in range(2))
+    for key in (b"a", b"b", b"c"):  # the third replaces the sequence's first
+        checkpoints.commit(checkpoints.reserve(first), key, first)
+    assert b"a" not in checkpoints and first.state_checkpoints == [b"b", b"c"]
+    assert checkpoints.pin(b"b") and not checkpoints.pin(b"a")
+    checkpoints.commit(checkpoints.reserve(second), b"d", second)  # the free slot
+    checkpoints.commit(checkpoints.reserve(second), b"e", second)  # c goes, b is pinned
+    assert (b"b" in checkpoints, b"c" in checkpoints, checkpoints.num_free) == (True, False, 0)
+    checkpoints.slot_of(b"d")  # used: e is now the least recently
+    checkpoints.unpin(b"b")  # unpinned, b is the most recently used
+    third = Sequence("2", [1], SamplingParams(), None)
+    checkpoints.commit(checkpoints.reserve(third), b"f", third)
+    assert [key in checkpoints for key in (b"b", b"d", b"e", b"f")] == [True, True, False, True]
+
+
+def test_a_shared_prefix_resumes_from_the_state_at_its_last_block(kimi, expected):
+    # One chunk: the first prompt's checkpoint is at the end of its last full block, 112.
     llm = engine(kimi)
     llm.generate([PROMPTS[3][:120]], greedy_params())
     out = llm.generate([PROMPTS[3]], greedy_params())[0]
-    assert out.num_cached_tokens == 0
+    assert out.num_cached_tokens == 112
     assert_matches(expected[3:], [out])
+
+
+def test_a_second_question_resumes_where_a_chunk_ended(kimi, expected_questions):
+    # Chunks of 48 save states at 48, 96 and 128 (the last full block); the sequence
+    # keeps its last two. The second question parts from the first at 100: it resumes at 96.
+    llm = engine(kimi, max_num_batched_tokens=48)
+    first = llm.generate([QUESTIONS[0]], greedy_params())[0]
+    assert len(llm.engine.state_pool.checkpoints) == PER_SEQUENCE
+    second = llm.generate([QUESTIONS[1]], greedy_params())[0]
+    assert (first.num_cached_tokens, second.num_cached_tokens) == (0, 96)
+    assert_matches(expected_questions, [first, second])
+    assert_no_checkpoint_leaks(llm)
+
+
+def test_requests_sharing_a_prefix_in_one_batch(kimi, expected_questions):
+    # The same question twice too: both save the same checkpoints in the same steps.
+    llm = engine(kimi, max_num_batched_tokens=32)
+    outputs = llm.generate([*QUESTIONS, QUESTIONS[0]], greedy_params())
+    assert_matches([*expected_questions, expected_questions[0]], outputs)
+    assert_every_slot_free(llm)
+    assert_no_checkpoint_leaks(llm)
+
+
+@pytest.mark.parametrize("slots", [0, 1])
+def test_few_checkpoint_slots_change_hits_not_outputs(kimi, expected, slots):
+    llm = engine(kimi, max_num_batched_tokens=32, max_state_checkpoints=slots)
+    outputs = llm.generate(PROMPTS, greedy_params())
+    again = llm.generate([PROMPTS[3]], greedy_params())[0]
+    if not slots:  # no state to resume from: no hit, though the blocks are there
+        assert again.num_cached_tokens == 0
+    assert_matches([*expected, expected[3]], [*outputs, again])
+    assert_no_checkpoint_leaks(llm)
+
+
+def test_a_named_context_resumes_from_its_pinned_state(kimi, expected_questions):
+    llm = engine(kimi, max_num_batched_tokens=48)
+    assert llm.cache_context("book", DOCUMENT).num_pinned_tokens == 96
+    checkpoints = llm.engine.state_pool.checkpoints
+    assert checkpoints.num_pinned == 1
+    own = [question[len(DOCUMENT) :] for question in QUESTIONS]
+    outputs = llm.generate(own, greedy_params(), context="book")
+    assert [out.num_cached_tokens for out in outputs] == [96, 96]
+    assert_matches(expected_questions, outputs)
+    llm.delete_context("book")
+    assert checkpoints.num_pinned == 0
+    assert_every_slot_free(llm)
+    assert_no_checkpoint_leaks(llm)
+
+
+def test_a_prefix_back_from_host_memory_resumes_from_its_checkpoint(
+    kimi, expected, expected_questions
+):
+    state_bytes = engine(kimi).engine.state_pool.nbytes
+    block_bytes = engine(kimi).engine.runner.kv_pool.bytes_per_block
+    llm = engine(
+        kimi,
+        kv_cache_memory=state_bytes + 14 * block_bytes,
+        host_kv_cache_memory=32 * block_bytes,
+        max_num_batched_tokens=48,
+    )
+    first = llm.generate([QUESTIONS[0]], greedy_params())[0]
+    # 11 of the 14 blocks: most of the first question's go down to host memory.
+    other = llm.generate([PROMPTS[2]], greedy_params())[0]
+    second = llm.generate([QUESTIONS[1]], greedy_params())[0]
+    assert second.num_cached_tokens == 96
+    assert llm.engine.kv_tier_stats().host_hit_tokens > 0
+    assert_matches([*expected_questions, expected[2]], [first, second, other])
 
 
 def test_the_checkpoint_config_and_names_load(tmp_path, hf_tokenizer_dir):
@@ -268,12 +433,6 @@ def test_a_budget_without_room_beside_the_state_is_one_clear_error(kimi):
         engine(kimi, kv_cache_memory=state_bytes + 100)
     assert_one_line(exc_info, InvalidRequestError)
     assert "recurrent state of max_num_seqs=4" in str(exc_info.value)
-
-
-def test_named_contexts_are_refused_for_now(kimi):
-    with pytest.raises(InvalidRequestError) as exc_info:
-        engine(kimi).cache_context("book", PROMPTS[2], ttl_seconds=60)
-    assert_one_line(exc_info, InvalidRequestError)
 
 
 def test_the_plan_counts_the_state_once_and_kv_only_for_latent_layers(kimi):

@@ -7,7 +7,10 @@ their contents and name in a least-recently-used free list until the space is ne
 With lower tiers (host memory, disk; see kv_tiers.py) an evicted named block is saved
 there instead of lost, and a prefix found there is restored into a fresh block. This class
 holds no tensors: it records those copies as BlockSwaps, which the engine makes before
-the step's forward pass."""
+the step's forward pass.
+
+A hybrid model's recurrent layers resume only from a saved state (state_checkpoints.py):
+for such a model a hit ends at the last block whose state is checkpointed."""
 
 import hashlib
 from collections import OrderedDict
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tome.engine.sequence import Sequence
+from tome.engine.state_checkpoints import StateCheckpoints
 
 
 @dataclass
@@ -57,6 +61,9 @@ class BlockManager:
         # Hashes held below the device (host memory, disk); the engine sets it when it
         # has lower tiers. None: evicted blocks are lost and nothing is restored.
         self.lower_tiers: Container[bytes] | None = None
+        # A hybrid model's state checkpoints, which the engine sets; None: no recurrent
+        # state, a hit may end at any block.
+        self.state_checkpoints: StateCheckpoints | None = None
         self._swap_outs: list[tuple[int, bytes]] = []
         self._swap_ins: dict[int, bytes] = {}  # block id -> hash to restore into it
 
@@ -130,7 +137,7 @@ class BlockManager:
         full = seq.num_computed_tokens // self.block_size
         for i in range(seq.num_named_blocks, full):
             block = self.blocks[seq.block_table[i]]
-            block_hash = self._block_hash(seq, i)
+            block_hash = self.block_hash(seq, i)
             if block.block_hash is None and block_hash not in self.cached_blocks:
                 block.block_hash = block_hash
                 self.cached_blocks[block_hash] = block.block_id
@@ -153,16 +160,20 @@ class BlockManager:
     def _cached_prefix(self, seq: Sequence) -> list[tuple[bytes, int | None]]:
         """(hash, device block or None when only a lower tier has it) for the sequence's
         leading full blocks found cached, within the tokens it may take from the cache (the
-        last one and unscored prompt logprobs are recomputed)."""
+        last one and unscored prompt logprobs are recomputed); for a hybrid model, up to
+        the last of them whose state is checkpointed."""
         if not self.enable_prefix_caching:
             return []
         hits: list[tuple[bytes, int | None]] = []
         for i in range(seq.num_cacheable_tokens // self.block_size):
-            block_hash = self._block_hash(seq, i)
+            block_hash = self.block_hash(seq, i)
             block_id = self.cached_blocks.get(block_hash)
             if block_id is None and not self._in_lower_tiers(block_hash):
                 break
             hits.append((block_hash, block_id))
+        if self.state_checkpoints is not None:
+            while hits and hits[-1][0] not in self.state_checkpoints:
+                hits.pop()
         return hits
 
     def _in_lower_tiers(self, block_hash: bytes) -> bool:
@@ -176,7 +187,7 @@ class BlockManager:
         self._swap_ins[block_id] = block_hash
         return block_id
 
-    def _block_hash(self, seq: Sequence, index: int) -> bytes:
+    def block_hash(self, seq: Sequence, index: int) -> bytes:
         """The chain hash of the sequence's full block `index`, memoized on the sequence."""
         while len(seq.block_hashes) <= index:
             i = len(seq.block_hashes)
@@ -218,4 +229,7 @@ class BlockManager:
         restoring = self._swap_ins.pop(block.block_id, None) is not None
         if self.lower_tiers is not None and not restoring:
             self._swap_outs.append((block.block_id, block.block_hash))
+        elif self.lower_tiers is None and self.state_checkpoints is not None:
+            # The prefix is gone for good, so is any resuming from its state.
+            self.state_checkpoints.discard(block.block_hash)
         block.block_hash = None

@@ -50,6 +50,10 @@ class EngineConfig:
     # whatever waits ahead of it: no priority starves.
     prefill_min_share: float = PrefillPolicy.prefill_min_share
     enable_prefix_caching: bool = True
+    # A hybrid model's prefix-cache hits resume from recurrent states saved at block
+    # boundaries (tome/engine/state_checkpoints.py): at most this many are kept, each one
+    # sequence's state out of kv_cache_memory. None: as many as max_num_seqs.
+    max_state_checkpoints: int | None = None
     # Cached prefix blocks the device pool evicts go down to host memory (bytes; 0: none),
     # and from there to files under disk_kv_cache_dir (bounded by disk_kv_cache_memory
     # bytes, kept across restarts), to be copied back instead of recomputed. See kv_tiers.py.
@@ -112,6 +116,11 @@ class EngineConfig:
                 "max_num_batched_tokens must be >= max_num_seqs, or some decodes would wait",
             ),
             *self._prefill_sharing_checks(),
+            (
+                self.max_state_checkpoints is None
+                or (_is_int(self.max_state_checkpoints) and self.max_state_checkpoints >= 0),
+                "max_state_checkpoints must be >= 0",
+            ),
             (self.load_format in ("auto", "dummy"), "load_format must be auto or dummy"),
             (
                 self.gguf_weights in ("auto", "dequantize"),
@@ -153,6 +162,14 @@ class EngineConfig:
             return self.max_num_batched_tokens
         budget = GPU_STEP_TOKENS if self.resolved_device().type == "cuda" else CPU_STEP_TOKENS
         return max(budget, self.max_num_seqs)
+
+    def state_checkpoint_slots(self) -> int:
+        """Checkpoint slots of a hybrid model's state pool: none without prefix caching."""
+        if not self.enable_prefix_caching:
+            return 0
+        if self.max_state_checkpoints is None:
+            return self.max_num_seqs
+        return self.max_state_checkpoints
 
     def prefill_policy(self, max_model_len: int) -> PrefillPolicy:
         threshold = self.long_prefill_token_threshold

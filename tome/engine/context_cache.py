@@ -3,7 +3,9 @@
 A cached context is an ordinary prefill whose full blocks stay referenced after it ends,
 so the prefix cache can never evict them: every request whose tokens start with the
 context finds those blocks and pays only for its own tokens. Pinned blocks count against
-the pool until the context is deleted or its time to live runs out."""
+the pool until the context is deleted or its time to live runs out. For a hybrid model
+the recurrent state at the end of the pinned blocks is pinned too (state_checkpoints.py):
+a request continuing the context resumes from it."""
 
 import time
 from collections import OrderedDict
@@ -34,6 +36,7 @@ class _Entry:
     seq: Sequence  # owns the pinned block references
     created_at: float
     expires_at: float
+    pinned_state: bytes | None = None  # the block hash whose state checkpoint it pins
 
     def info(self, block_size: int) -> ContextInfo:
         return ContextInfo(
@@ -74,9 +77,20 @@ class ContextCache:
         self.block_manager.truncate(seq, full_blocks)
         now = self.clock()
         entry = _Entry(seq, created_at=now, expires_at=now + ttl_seconds)
+        entry.pinned_state = self._pin_state(seq, full_blocks)
         self._entries[seq.context_name] = entry
         self._expired.pop(seq.context_name, None)
         return entry.info(self.block_manager.block_size)
+
+    def _pin_state(self, seq: Sequence, full_blocks: int) -> bytes | None:
+        """Pin a hybrid model's checkpoint at the end of the context's blocks (saved by its
+        prefill's last chunk unless every checkpoint slot was pinned: then requests
+        continuing it recompute it all)."""
+        checkpoints = self.block_manager.state_checkpoints
+        if checkpoints is None or not full_blocks:
+            return None
+        last = self.block_manager.block_hash(seq, full_blocks - 1)
+        return last if checkpoints.pin(last) else None
 
     def get(self, name: str) -> ContextInfo:
         return self._entry(name).info(self.block_manager.block_size)
@@ -114,7 +128,10 @@ class ContextCache:
             length = pinned * self.block_manager.block_size
             same_keys = entry.seq.kv_namespace == seq.kv_namespace
             tokens = seq.prompt_token_ids[:length]
-            if pinned > best and same_keys and tokens == entry.seq.prompt_token_ids[:length]:
+            shares = same_keys and tokens == entry.seq.prompt_token_ids[:length]
+            # A hybrid model's hit needs the state at the blocks' end as well.
+            hybrid = self.block_manager.state_checkpoints is not None
+            if pinned > best and shares and (entry.pinned_state is not None or not hybrid):
                 best = pinned
         return best
 
@@ -132,3 +149,5 @@ class ContextCache:
     def _release(self, name: str) -> None:
         entry = self._entries.pop(name)
         self.block_manager.free(entry.seq)
+        if entry.pinned_state is not None:
+            self.block_manager.state_checkpoints.unpin(entry.pinned_state)

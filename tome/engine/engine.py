@@ -45,8 +45,11 @@ class Engine:
         self.max_model_len = self._max_model_len()
         token_bytes = kv_bytes_per_token(self.model_config, self.kv_dtype)  # scales included
         block_bytes = token_bytes * config.block_size
-        # A hybrid model's recurrent state, one slot per seat, comes out of the same budget.
-        state_bytes = config.max_num_seqs * state_bytes_per_sequence(loaded.model, self.dtype)
+        # A hybrid model's recurrent state, one slot per seat and one per prefix-cache
+        # checkpoint, comes out of the same budget.
+        per_sequence = state_bytes_per_sequence(loaded.model, self.dtype)
+        num_checkpoints = config.state_checkpoint_slots() if per_sequence else 0
+        state_bytes = (config.max_num_seqs + num_checkpoints) * per_sequence
         budget = kv_budget(
             config.kv_cache_memory,
             device,
@@ -55,12 +58,14 @@ class Engine:
         num_blocks = (budget - state_bytes) // block_bytes
         if num_blocks < 1:
             raise InvalidRequestError(_no_block_message(budget, block_bytes, state_bytes, config))
-        self.state_pool = StatePool(loaded.model, config.max_num_seqs, self.dtype, device)
-        # A sequence's recurrent state exists only where its computed tokens end, so a
-        # prefix-cache hit would find KV blocks but no state to resume from: hits are off
-        # for hybrid models until states are checkpointed at block boundaries.
-        prefix_caching = config.enable_prefix_caching and not self.state_pool.has_state
-        self.block_manager = BlockManager(num_blocks, config.block_size, prefix_caching)
+        self.state_pool = StatePool(
+            loaded.model, config.max_num_seqs, self.dtype, device, num_checkpoints
+        )
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        if self.state_pool.has_state:  # hits end where a state to resume from is saved
+            self.block_manager.state_checkpoints = self.state_pool.checkpoints
         self.scheduler = Scheduler(
             self.block_manager,
             config.step_token_budget(),
@@ -97,9 +102,10 @@ class Engine:
         )
         if self.state_pool.has_state:
             logger.info(
-                "recurrent state: %d bytes a sequence, %d slots (%.1f MiB); prefix caching off",
+                "recurrent state: %d bytes a sequence, %d slots and %d checkpoints (%.1f MiB)",
                 self.state_pool.bytes_per_sequence,
                 config.max_num_seqs,
+                num_checkpoints,
                 state_bytes / 2**20,
             )
 
@@ -162,13 +168,6 @@ class Engine:
         """Queue the prefill of a named context; when it finishes, its blocks stay pinned
         (see ContextCache) and the request ends with finish_reason "stop", no tokens."""
         check_context_request(name, ttl_seconds)
-        if self.state_pool.has_state:
-            # A context is its pinned blocks; without the state at their end (not yet
-            # checkpointed) no request could resume from them.
-            raise InvalidRequestError(
-                f"{self.model_config.architecture} keeps recurrent state, which named "
-                "contexts cannot hold yet"
-            )
         if name in self.contexts or any(s.context_name == name for s in self.requests.values()):
             raise InvalidRequestError(
                 f"a context named {name!r} exists already; delete or refresh it"
@@ -229,7 +228,15 @@ class Engine:
         batch = self._move_kv_blocks(batch)
         if not batch.seqs:  # all sent back to waiting by failed restores; they run next step
             return []
-        return self._postprocess(batch, self.runner.execute(batch))
+        batch.state_checkpoints = self.state_pool.plan_checkpoints(
+            batch.seqs,
+            batch.num_new_tokens,
+            self.block_manager.block_size,
+            self.block_manager.block_hash,
+        )
+        step = self.runner.execute(batch)
+        self.state_pool.keep_checkpoints()
+        return self._postprocess(batch, step)
 
     def _move_kv_blocks(self, batch: ScheduledBatch) -> ScheduledBatch:
         """Before the forward pass: save evicted cached blocks to the lower KV tiers and
@@ -335,6 +342,7 @@ def _no_block_message(budget: int, block_bytes: int, state_bytes: int, config: E
         return f"kv_cache_memory={budget} bytes holds no block of {block_bytes} bytes"
     return (
         f"kv_cache_memory={budget} bytes holds the recurrent state of max_num_seqs="
-        f"{config.max_num_seqs} sequences ({state_bytes} bytes) and no KV block of "
-        f"{block_bytes} bytes beside it; raise kv_cache_memory or lower max_num_seqs"
+        f"{config.max_num_seqs} sequences and its checkpoints ({state_bytes} bytes) and no "
+        f"KV block of {block_bytes} bytes beside it; raise kv_cache_memory or lower "
+        "max_num_seqs or max_state_checkpoints"
     )

@@ -10,7 +10,11 @@ again costs no copy. When the host tier is full its least recently used block is
 The disk is written through: a block saved to host memory is written to disk at once, not
 when host memory pushes it out. Otherwise the blocks that stay in host memory (a book's
 first blocks, say, kept warm by every hit) would never reach the disk, and a restarted
-engine would find the rest of the book there but not its start."""
+engine would find the rest of the book there but not its start.
+
+A hybrid model's recurrent-state checkpoints (state_checkpoints.py) do not move here: they
+stay in the state pool, so a block restored from a tier is a hit only up to the last block
+whose checkpoint is still in memory (the block manager stops the hit there)."""
 
 from dataclasses import dataclass
 from pathlib import Path

@@ -161,5 +161,6 @@ class ModelRunner:
         if self.has_recurrent_state:
             meta.state_slots_cpu = [seq.state_slot for seq in batch.seqs]
             meta.state_slots = torch.tensor(meta.state_slots_cpu).to(self.device)
+            meta.state_checkpoints_cpu = batch.state_checkpoints or None
         input_tensor = torch.tensor(ids, dtype=torch.long).to(self.device)
         return input_tensor, position_tensor.to(self.device), meta, sample_rows

@@ -11,7 +11,8 @@ PrefillPolicy bounds how many prompts are mid-prefill at once. When KV blocks ru
 lowest-priority, newest running request is preempted: its blocks are freed and it is
 recomputed later (its full blocks usually come back from the prefix cache). A model with
 recurrent layers also gives each running sequence a slot of its state pool: taken at
-admission, returned wherever the blocks are (finish, abort, pinning, preemption)."""
+admission (starting from the prefix cache's checkpoint where a hit ends), returned
+wherever the blocks are (finish, abort, pinning, preemption)."""
 
 import bisect
 import math
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from tome.engine.block_manager import BlockManager
 from tome.engine.sequence import Sequence, SequenceStatus
 from tome.engine.state_pool import StatePool
+from tome.layers.layer_state import StateCheckpoint
 
 
 @dataclass
@@ -32,6 +34,9 @@ class ScheduledBatch:
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
+    # Where each sequence's recurrent state is saved as a checkpoint (state_pool.py); the
+    # engine sets it once the batch is final. Empty: nowhere.
+    state_checkpoints: list[StateCheckpoint | None] = field(default_factory=list)
 
     @property
     def num_decodes(self) -> int:

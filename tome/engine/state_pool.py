@@ -6,17 +6,25 @@ pool holds, for each such layer and each of its state tensors, one slot per seat
 (`max_num_seqs`): a sequence takes a slot when the scheduler admits it and gives it back
 when it finishes, is aborted, is pinned as a named context, or is preempted. Preemption
 recomputes: the state is dropped with the blocks and the prompt is prefilled again from
-the start, so a slot never has to outlive its sequence.
+its last checkpoint (or the start), so a slot never has to outlive its sequence.
+
+Behind the seats' slots the same tensors hold the prefix cache's state checkpoints
+(state_checkpoints.py): a step saves some sequences' states into them from inside the
+layers, and a sequence admitted with a prefix-cache hit starts from a copy of the one at
+the end of its hit.
 
 The pool is allocated whole when the engine starts, out of the cache's memory budget, and
 a budget too small for it is refused then, with one line. Slots are never zeroed: a layer
 starts a sequence from zeros itself (AttentionMetadata.starts_sequence) and afterwards
 writes the slot before it reads it."""
 
+from collections.abc import Callable
+
 import torch
 
 from tome.engine.sequence import Sequence
-from tome.layers.layer_state import StatefulLayer
+from tome.engine.state_checkpoints import StateCheckpoints, checkpoint_block
+from tome.layers.layer_state import StateCheckpoint, StatefulLayer
 
 
 def stateful_layers(model: torch.nn.Module) -> list[StatefulLayer]:
@@ -32,21 +40,32 @@ def state_bytes_per_sequence(model: torch.nn.Module, dtype: torch.dtype) -> int:
 
 class StatePool:
     def __init__(
-        self, model: torch.nn.Module, num_slots: int, dtype: torch.dtype, device: torch.device
+        self,
+        model: torch.nn.Module,
+        num_slots: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        num_checkpoints: int = 0,
     ) -> None:
-        """One slot per seat for every state tensor of every recurrent layer of `model`
-        (activations in `dtype`), bound to its layer."""
+        """One slot per seat, and `num_checkpoints` more for checkpoints, for every state
+        tensor of every recurrent layer of `model` (activations in `dtype`), bound to its
+        layer."""
         self.num_slots = num_slots
         self.layers = stateful_layers(model)
         self.bytes_per_sequence = state_bytes_per_sequence(model, dtype)
+        rows = num_slots + num_checkpoints
+        self._tensors: list[torch.Tensor] = []
         for layer in self.layers:
-            layer.bind_state(
-                {
-                    name: torch.empty((num_slots, *spec.shape), dtype=spec.dtype, device=device)
-                    for name, spec in layer.state_specs(dtype).items()
-                }
-            )
+            tensors = {
+                name: torch.empty((rows, *spec.shape), dtype=spec.dtype, device=device)
+                for name, spec in layer.state_specs(dtype).items()
+            }
+            layer.bind_state(tensors)
+            self._tensors.extend(tensors.values())
         self._free = list(range(num_slots - 1, -1, -1))  # popped from the end: 0 first
+        self.checkpoints = StateCheckpoints(range(num_slots, rows))
+        # Checkpoints this step saves: (sequence, block hash, slot), kept once it ran.
+        self._saving: list[tuple[Sequence, bytes, int]] = []
 
     @property
     def has_state(self) -> bool:
@@ -57,15 +76,74 @@ class StatePool:
     def num_free(self) -> int:
         return len(self._free)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every slot, the seats' and the checkpoints'."""
+        return sum(tensor.nbytes for tensor in self._tensors)
+
     def allocate(self, seq: Sequence) -> None:
         """Give a sequence being admitted a slot. Slots are as many as seats, and a
-        sequence is admitted only to a free seat, so one is always free."""
+        sequence is admitted only to a free seat, so one is always free. A sequence whose
+        leading blocks came from the prefix cache (which ends such a hit only where a
+        checkpoint is) starts from the checkpoint at their end."""
         if not self._free:
             raise RuntimeError("no state slot free: more sequences running than seats")
         seq.state_slot = self._free.pop()
+        if self.has_state and seq.num_computed_tokens:
+            last_hit = seq.block_hashes[seq.num_named_blocks - 1]
+            self._copy(self.checkpoints.slot_of(last_hit), seq.state_slot)
 
     def free(self, seq: Sequence) -> None:
         """Take back a sequence's slot, if it holds one."""
         if seq.state_slot is not None:
             self._free.append(seq.state_slot)
             seq.state_slot = None
+
+    def plan_checkpoints(
+        self,
+        seqs: list[Sequence],
+        num_new_tokens: list[int],
+        block_size: int,
+        block_hash: Callable[[Sequence, int], bytes],
+    ) -> list[StateCheckpoint | None]:
+        """Where the coming step saves each sequence's state (checkpoint_block), into a
+        reserved slot, unless that prefix has a checkpoint already."""
+        if not self.has_state or not self.checkpoints.num_slots:
+            return []
+        return [
+            self._plan(seq, n, block_size, block_hash)
+            for seq, n in zip(seqs, num_new_tokens, strict=True)
+        ]
+
+    def keep_checkpoints(self) -> None:
+        """The step ran: its checkpoints hold their states, and hits may resume there."""
+        for seq, block_hash, slot in self._saving:
+            self.checkpoints.commit(slot, block_hash, seq)
+        self._saving = []
+
+    def _plan(
+        self,
+        seq: Sequence,
+        num_new: int,
+        block_size: int,
+        block_hash: Callable[[Sequence, int], bytes],
+    ) -> StateCheckpoint | None:
+        start = seq.num_computed_tokens
+        block = checkpoint_block(start, num_new, len(seq.prompt_token_ids), block_size)
+        if block is None:
+            return None
+        key = block_hash(seq, block)
+        if key in self.checkpoints:  # computed again, so used again (a context may pin it)
+            self.checkpoints.touch(key)
+            return None
+        if any(key == saving for _, saving, _ in self._saving):
+            return None
+        slot = self.checkpoints.reserve(seq)
+        if slot is None:
+            return None
+        self._saving.append((seq, key, slot))
+        return StateCheckpoint((block + 1) * block_size - start, slot)
+
+    def _copy(self, source: int, target: int) -> None:
+        for tensor in self._tensors:
+            tensor[target] = tensor[source]

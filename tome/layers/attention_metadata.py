@@ -9,6 +9,7 @@ from functools import cached_property
 
 import torch
 
+from tome.layers.layer_state import StateCheckpoint
 from tome.layers.sparse_prefill import SparsePrefillConfig
 
 
@@ -33,6 +34,9 @@ class AttentionMetadata:
     # device and on the host; None for models without recurrent layers.
     state_slots: torch.Tensor | None = None
     state_slots_cpu: list[int] | None = None
+    # [seqs] where each sequence's state is also saved as a prefix-cache checkpoint this
+    # step (None: nowhere); None when no sequence's is.
+    state_checkpoints_cpu: list[StateCheckpoint | None] | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -43,6 +47,10 @@ class AttentionMetadata:
         then starts from zeros instead of reading the sequence's state slot."""
         start, end = self.query_start_loc_cpu[seq], self.query_start_loc_cpu[seq + 1]
         return self.context_lens_cpu[seq] == end - start
+
+    def state_checkpoint(self, seq: int) -> StateCheckpoint | None:
+        """Where sequence `seq`'s state is saved as a checkpoint this step, if anywhere."""
+        return self.state_checkpoints_cpu[seq] if self.state_checkpoints_cpu else None
 
     def attends_sparsely(self, seq: int) -> bool:
         """Whether sequence `seq`'s prefill chunk takes sparse attention: on, and its

@@ -9,7 +9,8 @@ recurrence). The output passes an RMSNorm gated by sigmoid(g_b(g_a(x))), then o_
 
 Instead of a KV cache each sequence has a fixed-size state, its conv inputs and the KDA
 state [heads, k_dim, v_dim] in float32, kept in the engine's state pool and read and
-written through the slot the batch's metadata gives each sequence."""
+written through the slot the batch's metadata gives each sequence; where the metadata
+asks, the state partway through a chunk is also saved as a prefix-cache checkpoint."""
 
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.kda_ops import chunk_kda, recurrent_kda_step
-from tome.layers.layer_state import StatefulLayer, StateSpec
+from tome.layers.layer_state import StatefulLayer, StateSpec, state_pieces
 from tome.layers.short_conv import ShortConvolution
 
 SOFTPLUS_LINEAR_FROM = 20.0  # softplus(x) is x to float precision past this
@@ -113,16 +114,22 @@ class KimiDeltaAttention(StatefulLayer):
         meta: AttentionMetadata,
         seq: int,
     ) -> torch.Tensor:
-        """One sequence's chunk: continues from its state unless the chunk starts it."""
+        """One sequence's chunk: continues from its state unless the chunk starts it. Run
+        in pieces where a checkpoint splits it, each piece's end state saved where asked."""
         slot = meta.state_slots_cpu[seq]
         fresh = meta.starts_sequence(seq)
-        qkv, conv_state = self.conv1d.forward_chunk(mixed, None if fresh else self.conv_state[slot])
-        self.conv_state[slot] = conv_state
-        q, k, v = self._split_heads(qkv)
-        initial = None if fresh else self.recurrent_state[slot]
-        out, state = chunk_kda(q, k, v, decay, beta, initial)
-        self.recurrent_state[slot] = state
-        return out.to(mixed.dtype)
+        conv_state = None if fresh else self.conv_state[slot]
+        state = None if fresh else self.recurrent_state[slot]
+        outs = []
+        for rows, into in state_pieces(mixed.shape[0], slot, meta.state_checkpoint(seq)):
+            qkv, conv_state = self.conv1d.forward_chunk(mixed[rows], conv_state)
+            q, k, v = self._split_heads(qkv)
+            out, state = chunk_kda(q, k, v, decay[rows], beta[rows], state)
+            for target in into:
+                self.conv_state[target] = conv_state
+                self.recurrent_state[target] = state
+            outs.append(out)
+        return torch.cat(outs).to(mixed.dtype)
 
     def _decode(
         self, mixed: torch.Tensor, decay: torch.Tensor, beta: torch.Tensor, meta: AttentionMetadata
@@ -138,4 +145,9 @@ class KimiDeltaAttention(StatefulLayer):
         out = recurrent_kda_step(q, k, v, decay, beta, states)
         self.conv_state.index_copy_(0, slots, conv_states)
         self.recurrent_state.index_copy_(0, slots, states)
+        for seq in range(mixed.shape[0]):  # a one-token prefill chunk ending a block
+            checkpoint = meta.state_checkpoint(seq)
+            if checkpoint is not None:
+                self.conv_state[checkpoint.slot] = conv_states[seq]
+                self.recurrent_state[checkpoint.slot] = states[seq]
         return out.to(mixed.dtype)

@@ -5,7 +5,9 @@ grow with the sequence.
 A StatefulLayer names its state tensors and their shape for one sequence; the engine's
 StatePool (tome/engine/state_pool.py) holds them for every seat a running sequence can
 take, [slots, *shape] each, and binds them to the layer. A batch's metadata says which
-slot each of its sequences owns (AttentionMetadata.state_slots)."""
+slot each of its sequences owns (AttentionMetadata.state_slots), and where a sequence's
+state must also be saved partway through its chunk, into a prefix-cache checkpoint's slot
+of the same tensors (StateCheckpoint; tome/engine/state_checkpoints.py)."""
 
 import math
 from dataclasses import dataclass
@@ -26,6 +28,31 @@ class StateSpec:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+@dataclass(frozen=True)
+class StateCheckpoint:
+    """Save a sequence's state after `tokens` tokens of its chunk into pool slot `slot`."""
+
+    tokens: int
+    slot: int
+
+
+def state_pieces(
+    num_tokens: int, slot: int, checkpoint: StateCheckpoint | None
+) -> list[tuple[slice, tuple[int, ...]]]:
+    """A sequence's chunk of `num_tokens` as a recurrent layer runs it: consecutive pieces
+    of its rows, each with the slots its end state is written to. The sequence's own slot
+    gets the chunk's end state; a checkpoint inside the chunk splits it there."""
+    whole = slice(0, num_tokens)
+    if checkpoint is None:
+        return [(whole, (slot,))]
+    if checkpoint.tokens == num_tokens:
+        return [(whole, (slot, checkpoint.slot))]
+    return [
+        (slice(0, checkpoint.tokens), (checkpoint.slot,)),
+        (slice(checkpoint.tokens, num_tokens), (slot,)),
+    ]
+
+
 class StatefulLayer(nn.Module):
     """Base of the layers that keep per-sequence state between steps."""
 
@@ -34,5 +61,6 @@ class StatefulLayer(nn.Module):
         raise NotImplementedError
 
     def bind_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Take the pool's tensors, one [slots, *shape] per name of state_specs()."""
+        """Take the pool's tensors, one [slots, *shape] per name of state_specs(). In a
+        forward the layer writes each sequence's state at the ends of its state_pieces()."""
         raise NotImplementedError
