@@ -8,7 +8,8 @@ model whose every layer attends reads a cache that grows with the context.
 
 CONFIGs default to bench/configs/kimi-linear-48b-a3b-4layers.json (Kimi-Linear-48B-A3B cut
 to 4 layers: 3 KDA + 1 latent attention) and ...-4layers-full-attention.json (the same with
-latent attention in all 4 layers), random weights. One prompt of random ids is read in
+latent attention in all 4 layers), random weights, quantized at load (int4 by default) with
+8-bit activations. One prompt of random ids is read in
 steps: its first 1k tokens, then on to 8k (a prefix-cache hit for the first part, resuming
 from the state checkpointed there), then on to 32k; after each step the model decodes
 `--decode-tokens` tokens at batch 1, timed from the first token to the last inside the step
@@ -40,6 +41,7 @@ def measure(config: Path, lengths: list[int], quantization: str | None, decode_t
         str(source.path),
         load_format="dummy",
         quantization=quantization,
+        int8_activations=True,
         max_model_len=max(lengths) + decode_tokens + 64,
         max_num_seqs=1,
     )

@@ -138,7 +138,8 @@ def test_llama_layers_keep_their_blocks(tmp_path):
     assert [part.bits for part in layer.self_attn.qkv_proj.parts] == [4, 8, 4]
     x = torch.randn(3, config.hidden_size)
     qkv = layer.self_attn.qkv_proj
-    # The layer rounds its input to 8 bits per block by default (int8_activations).
+    torch.testing.assert_close(qkv(x), x @ _weight_of(qkv).t(), rtol=1e-5, atol=1e-5)
+    qkv.int8_activations = True  # then it multiplies x rounded to 8 bits per block
     rounded = round_to_int8_blocks(x)
     torch.testing.assert_close(qkv(x), rounded @ _weight_of(qkv).t(), rtol=1e-5, atol=1e-5)
     for module in (layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
@@ -181,8 +182,7 @@ def test_qwen2_projection_in_blocks_adds_its_bias(tmp_path):
     weight = torch.cat([floats[f"{name}.weight"] for name in names])
     bias = torch.cat([floats[f"{name}.bias"] for name in names])
     x = torch.randn(3, config.hidden_size)
-    expected = round_to_int8_blocks(x) @ weight.t() + bias  # rounded as the layer rounds it
-    torch.testing.assert_close(qkv(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(qkv(x), x @ weight.t() + bias, rtol=1e-5, atol=1e-5)
     ids = torch.tensor([[0, 5], [127, 5]])
     assert torch.equal(model.model.embed_tokens(ids), floats["model.embed_tokens.weight"][ids])
 

@@ -144,8 +144,6 @@ def test_each_layer_computes_its_weights_product(scheme, dtype, kind, expected_c
         expected_class = layers.DequantizingLinear
     assert isinstance(layer, expected_class)
     x = torch.randn(5, 256)
-    if isinstance(layer, layers.BlockQuantizedLinear):  # it rounds x to 8 bits by default
-        x = block_quantized_matmul.round_to_int8_blocks(x)
     expected = x.to(dtype).double() @ expanded(weight).double().t() + bias.double()
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(
@@ -203,12 +201,12 @@ def _round_input(_module: torch.nn.Module, args: tuple[torch.Tensor]) -> tuple[t
 def test_int8_activations_equal_transformers_rounding_each_linear_input(
     tiny_model_to_quantize, scheme
 ):
-    """With 8-bit activations (the default), every product over quantized weights takes its
+    """With 8-bit activations, every product over quantized weights takes its
     input rounded to 8 bits per 32 values: transformers, given the same weights and the
     same rounding at the input of each linear layer, head included, gives the same tokens."""
     if block_quantized_matmul.kernel_library() is None:
         pytest.skip("the block kernel needs a C++ compiler")
-    llm = LLM(str(tiny_model_to_quantize), quantization=scheme)
+    llm = LLM(str(tiny_model_to_quantize), quantization=scheme, int8_activations=True)
     reference = quantized_reference(tiny_model_to_quantize, scheme)
     for module in reference.modules():
         if isinstance(module, torch.nn.Linear):

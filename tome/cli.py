@@ -79,7 +79,7 @@ def run(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
-    int8_activations: Int8ActivationsOption = True,
+    int8_activations: Int8ActivationsOption = False,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
@@ -129,7 +129,7 @@ def chat(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
-    int8_activations: Int8ActivationsOption = True,
+    int8_activations: Int8ActivationsOption = False,
     rope_scaling: RopeScalingOption = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
     files: Annotated[
@@ -185,7 +185,7 @@ def bench(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
-    int8_activations: Int8ActivationsOption = True,
+    int8_activations: Int8ActivationsOption = False,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     prefill_lengths: Annotated[str, typer.Option(help="Prompt lengths.")] = "512,2048,8192",
@@ -265,7 +265,7 @@ def bench_context(
     kv_cache_memory: KVMemoryOption = None,
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
-    int8_activations: Int8ActivationsOption = True,
+    int8_activations: Int8ActivationsOption = False,
 ) -> None:
     """Time to first token for a second question on an already-read document."""
     from tome import LLM

@@ -77,8 +77,8 @@ Int8ActivationsOption = Annotated[
     typer.Option(
         "--int8-activations/--float-activations",
         help="Weights in blocks on the CPU (GGUF, --quantization) multiply activations "
-        "rounded to 8 bits per 32 values, as llama.cpp does (faster), or float32 ones, as "
-        "transformers does.",
+        "rounded to 8 bits per 32 values, as llama.cpp does (faster; answers may change), "
+        "or float32 ones, as transformers does (the default).",
     ),
 ]
 
@@ -161,7 +161,7 @@ def engine_config(
     sparse_prefill: str | None = None,
     quantization: str | None = None,
     quantize_head: bool = True,
-    int8_activations: bool = True,
+    int8_activations: bool = False,
 ) -> EngineConfig:
     return EngineConfig(
         model=model,

@@ -20,7 +20,7 @@ class ModelSpec:
     kv_cache_dtype: str = "auto"  # our engine's (EngineConfig.kv_cache_dtype)
     quantization: str | None = None  # ours only: EngineConfig.quantization
     quantize_head: bool = True  # ours only: EngineConfig.quantize_head
-    int8_activations: bool = True  # ours only: EngineConfig.int8_activations
+    int8_activations: bool = False  # ours only: EngineConfig.int8_activations
     rope_scaling: dict | None = None  # EngineConfig.rope_scaling, put on both sides
     sparse_prefill: SparsePrefillConfig | None = None  # ours only
     prefill_chunk: int | None = None  # ours only: most prompt tokens a step; None: whole prompts

@@ -68,13 +68,14 @@ class EngineConfig:
     # CPU kernel runs them faster than float32 BLAS, "dequantize" expands them at load as
     # transformers does.
     gguf_weights: str = "auto"
-    # Weights in blocks on the CPU (GGUF blocks, `quantization` int4/int8 in float32)
-    # multiply activations rounded to 8 bits per 32 values, as llama.cpp does: integer dot
-    # products, faster on every x86 CPU, the same bytes on each. False keeps float32
-    # activations: outputs then equal a float32 product over the dequantized weights up to
-    # rounding in sums, as transformers computes them (and GGUF blocks stay blocks only on
-    # AVX-512, where that product beats BLAS).
-    int8_activations: bool = True
+    # True: weights in blocks on the CPU (GGUF blocks, `quantization` int4/int8 in
+    # float32) multiply activations rounded to 8 bits per 32 values, as llama.cpp does:
+    # integer dot products, faster on every x86 CPU, the same bytes on each, and the
+    # blocks kept on AVX2 CPUs too. Off by default: the rounding changes answers (the
+    # embedded SmolLM2 then names Paris's districts, not Paris, for the capital of France,
+    # as llama.cpp does on the same file), and by default outputs equal transformers' over
+    # the dequantized weights up to rounding in sums.
+    int8_activations: bool = False
     # Quantize float weights as they load (WEIGHT_QUANTIZATIONS: int8, int4 in groups of
     # 32/64/128, fp8 per channel or 128 x 128 blocks, mxfp4); weights a checkpoint or GGUF
     # file already ships quantized stay as they are. Routers stay in float.

@@ -82,7 +82,7 @@ def run(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
-    int8_activations: Int8ActivationsOption = True,
+    int8_activations: Int8ActivationsOption = False,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
 ) -> None:

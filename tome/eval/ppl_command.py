@@ -51,7 +51,7 @@ def ppl(
     kv_cache_memory: KVMemoryOption = None,
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
-    int8_activations: Int8ActivationsOption = True,
+    int8_activations: Int8ActivationsOption = False,
     out: OutOption = Path("tome-eval"),
 ) -> None:
     """Perplexity at growing context lengths, per rope setting; writes ppl.json and ppl.png.

@@ -18,7 +18,7 @@ class BlockQuantizedExperts(nn.Module):
         super().__init__()
         self.gate_up, self.down = gate_up, down
         self.num_experts = len(gate_up)
-        self.int8_activations = True  # see set_int8_activations
+        self.int8_activations = False  # see set_int8_activations
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """As FusedExperts: each token's weighted sum of its experts, added in expert

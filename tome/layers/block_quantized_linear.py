@@ -2,7 +2,7 @@
 the CPU kernel: it multiplies by the blocks, and a lookup expands only the rows it picks.
 A tied LM head and embedding share one weight. Both work in float32.
 
-Layers that multiply by blocks round their activations to 8 bits unless told otherwise
+Layers that multiply by blocks round their activations to 8 bits when told to
 (EngineConfig.int8_activations, applied to a loaded model by set_int8_activations)."""
 
 import torch
@@ -27,7 +27,7 @@ class BlockQuantizedLinear(nn.Module):
         super().__init__()
         self.weight = weight
         self.bias = bias
-        self.int8_activations = True
+        self.int8_activations = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = block_quantized_matmul(x, self.weight, self.int8_activations)
@@ -43,7 +43,7 @@ class StackedBlockQuantizedLinear(nn.Module):
         super().__init__()
         self.parts = parts
         self.bias = bias
-        self.int8_activations = True
+        self.int8_activations = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat(

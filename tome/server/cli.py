@@ -79,7 +79,7 @@ def serve(
     kv_cache_dtype: KVDtypeOption = "auto",
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
-    int8_activations: Int8ActivationsOption = True,
+    int8_activations: Int8ActivationsOption = False,
     rope_scaling: RopeScalingOption = None,
     sparse_prefill: SparsePrefillOption = None,
     host_kv_cache_memory: HostKVMemoryOption = None,
