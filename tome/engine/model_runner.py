@@ -18,6 +18,7 @@ from tome.engine.state_pool import StatePool
 from tome.layers.attention import Attention
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.sparse_prefill import SparsePrefillConfig
+from tome.models.llama_cpu_decode import cpu_decode_layers
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class ModelRunner:
         for layer, kv_cache in zip(self.layers, self.kv_pool.layers, strict=True):
             layer.bind_cache(kv_cache)
         self.decode_graphs: DecodeGraphs | None = None
+        # On the CPU, decode steps of a plain Llama-family model in one C++ call.
+        self.cpu_decode = cpu_decode_layers(model) if device.type == "cpu" else None
 
     @property
     def has_recurrent_state(self) -> bool:
@@ -84,6 +87,8 @@ class ModelRunner:
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         if self.decode_graphs is not None and self.decode_graphs.serves(meta):
             hidden = self.decode_graphs.run(input_ids, positions, meta)
+        elif self.cpu_decode is not None and self.cpu_decode.serves(meta):
+            hidden = self.cpu_decode.run(input_ids, positions, meta)
         else:
             hidden = self.model(input_ids, positions, meta)
         results: list[SampledToken | None] = [None] * len(batch)
