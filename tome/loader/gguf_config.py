@@ -2,8 +2,9 @@
 
 transformers' GGUF support reads most architectures, but for MoE files it leaves the
 expert sizes at their defaults, reads llama.cpp's Mixtral (a `llama` file with experts) as
-a dense Llama, and does not know `deepseek2` (DeepSeek-V2/V3, Moonlight, Kimi-K2) at all.
-Those are completed or built here from llama.cpp's own keys."""
+a dense Llama, and does not know `deepseek2` (DeepSeek-V2/V3, Moonlight, Kimi-K2) or
+`kimi-linear` (gguf_kimi_linear.py) at all. Those are completed or built here from
+llama.cpp's own keys."""
 
 import tempfile
 from pathlib import Path
@@ -14,13 +15,15 @@ import transformers
 from gguf import GGUFReader, GGUFValueType
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from tome.loader import gguf_kimi_linear
+
 # GGUF metadata key -> the transformers config attribute it sets.
 MOE_FIELDS = {
     "expert_feed_forward_length": "moe_intermediate_size",
     "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
 }
 # Architectures transformers' GGUF support refuses, whose config is built here.
-OWN_CONFIGS = ("deepseek2",)
+OWN_CONFIGS = ("deepseek2", gguf_kimi_linear.ARCHITECTURE)
 # llama.cpp's expert_gating_func values.
 SIGMOID_GATING = 2
 # The Mixtral fields a llama file's config carries over.
@@ -33,8 +36,10 @@ MIXTRAL_FIELDS = (
 
 def gguf_config(path: Path, reader: GGUFReader) -> PretrainedConfig:
     architecture = _field(reader, "general.architecture")
-    if architecture in OWN_CONFIGS:
+    if architecture == "deepseek2":
         return _deepseek_config(reader)
+    if architecture == gguf_kimi_linear.ARCHITECTURE:
+        return gguf_kimi_linear.kimi_linear_config(reader)
     config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     for key, attribute in MOE_FIELDS.items():
         value = _field(reader, f"{architecture}.{key}")

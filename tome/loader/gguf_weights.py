@@ -14,6 +14,8 @@ from tome.errors import ModelLoadError, UnsupportedArchitectureError
 from tome.kernels.block_quantized_matmul import BlockQuantizedWeight
 from tome.loader.error_text import one_line
 from tome.loader.gguf_blocks import REPACKED_TYPES, repack
+from tome.loader.gguf_kimi_linear import ARCHITECTURE as KIMI_LINEAR
+from tome.loader.gguf_kimi_linear import KIMI_NAMES, KIMI_WHOLE_NAMES, restore_delta_tensor
 from tome.models.config import ModelConfig
 
 TOP_LEVEL_NAMES = {
@@ -53,18 +55,27 @@ DEEPSEEK_NAMES = {
     "ffn_up_shexp": "mlp.shared_experts.up_proj",
     "ffn_down_shexp": "mlp.shared_experts.down_proj",
 }
+# Per architecture, the block tensors its files add to BLOCK_NAMES (or rename).
+ARCHITECTURE_NAMES = {
+    "deepseek2": DEEPSEEK_NAMES,
+    # Kimi Linear: deepseek2's latent attention and MoE, and KDA.
+    KIMI_LINEAR: {**DEEPSEEK_NAMES, **KIMI_NAMES},
+}
 # Tensors whose whole HF name is given (no .weight/.bias of a module).
-WHOLE_NAMES = {"exp_probs_b": "mlp.gate.e_score_correction_bias"}
+WHOLE_NAMES = {"exp_probs_b": "mlp.gate.e_score_correction_bias", **KIMI_WHOLE_NAMES}
 # A layer's experts as one 3-D tensor [experts, rows, columns] -> each expert's projection.
 EXPERT_TENSORS = {
     "ffn_gate_exps": "gate_proj",
     "ffn_up_exps": "up_proj",
     "ffn_down_exps": "down_proj",
 }
-BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+# Kimi Linear's ssm_a has no .weight/.bias.
+BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)(?:\.(weight|bias))?")
 # llama3-style rope scaling factors; our rotary layer derives them from the config.
 IGNORED_TENSORS = {"rope_freqs.weight"}
-SUPPORTED_ARCHITECTURES = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "deepseek2"}
+SUPPORTED_ARCHITECTURES = {
+    "llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "deepseek2", KIMI_LINEAR,
+}  # fmt: skip
 # llama.cpp's converter reorders q/k rows only for these (see _undo_rotary_permute).
 PERMUTED_ARCHITECTURES = {"llama"}
 
@@ -78,7 +89,7 @@ def iter_gguf_weights(
     The header is parsed before returning, so a corrupt file fails at once."""
     reader = open_gguf(path)
     architecture = _architecture(reader, path)
-    names = {**BLOCK_NAMES, **(DEEPSEEK_NAMES if architecture == "deepseek2" else {})}
+    names = {**BLOCK_NAMES, **ARCHITECTURE_NAMES.get(architecture, {})}
     permuted = architecture in PERMUTED_ARCHITECTURES
     return _read_tensors(reader, path, config, names, permuted, keep_blocks)
 
@@ -177,7 +188,11 @@ def _read_tensors(
             data = _undo_rotary_permute(data, config.num_attention_heads)
         elif permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
             data = _undo_rotary_permute(data, config.num_key_value_heads)
-        yield name, _weight(tensor, data, path, keep_blocks)
+        weight = _weight(tensor, data, path, keep_blocks)
+        # KDA's A and convolutions are never in blocks: too few values a row.
+        if isinstance(weight, torch.Tensor):
+            weight = restore_delta_tensor(name, weight)
+        yield name, weight
 
 
 def _weight(
@@ -201,11 +216,11 @@ def _hf_name(gguf_name: str, path: Path, names: dict[str, str]) -> str:
     if gguf_name in TOP_LEVEL_NAMES:
         return TOP_LEVEL_NAMES[gguf_name]
     match = BLOCK_TENSOR.fullmatch(gguf_name)
-    if match is None or (match[2] not in names and match[2] not in WHOLE_NAMES):
+    if match is not None and match[2] in WHOLE_NAMES:
+        return f"model.layers.{match[1]}.{WHOLE_NAMES[match[2]]}"
+    if match is None or match[2] not in names or match[3] is None:
         raise ModelLoadError(f"{path.name}: unexpected tensor {gguf_name!r} for this architecture")
     layer, part, kind = match.groups()
-    if part in WHOLE_NAMES:
-        return f"model.layers.{layer}.{WHOLE_NAMES[part]}"
     return f"model.layers.{layer}.{names[part]}.{kind}"
 
 
