@@ -14,10 +14,10 @@
 // (n is padded to whole panels with zero columns.)
 //
 // Two products:
-// - float activations: codes are expanded to float32 in registers exactly as the
-//   dequantizer expands them (scale * q + offset) and multiplied into float32 activations,
-//   so the result differs from a float32 matmul over the dequantized weight only in the
-//   order of its sums;
+// - float activations: a block's codes, as floats, multiply float32 activations and the
+//   block's scale and offset apply to the block's sums (scale * sum(q * x) + offset *
+//   sum(x)), so the result differs from a float32 matmul over the dequantized weight only
+//   by the rounding of its sums;
 // - 8-bit activations, as llama.cpp computes: each row of x is quantized per block of 32
 //   to int8 (a float scale amax / 127 a block), the codes multiply in integers (AVX-512
 //   VNNI's vpdpbusd, or the pair of multiply-adds it replaces on AVX-512 and AVX2) and one
@@ -109,6 +109,22 @@ inline i32x16 step_codes(i32x16 group, int step) {
     else return (group << (24 - 8 * step)) >> 24;
 }
 
+// The code for k = step as a float, a lane per column. For 4 bits with AVX-512 a lookup
+// in a table of 0..15 (vpermps reads only an index's low 4 bits) replaces masking the
+// nibble and converting it: the float product is bound by these instructions, not by
+// memory, at decode.
+template <int K>
+inline f32x16 step_values(i32x16 group, int step) {
+#ifdef __AVX512F__
+    if constexpr (K == FOUR_BIT) {
+        const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const i32x16 index = group >> (8 * (step % 4) + 4 * (step / 4));
+        return f32x16(_mm512_permutexvar_ps(__m512i(index), iota));
+    }
+#endif
+    return to_float(step_codes<K>(group, step));
+}
+
 // Panel p, block b: feeds `use(step, weights)` the block's weights one k at a time, each a
 // vector over the panel's 16 columns, as the dequantizer computes them.
 template <int K, class Use>
@@ -119,7 +135,7 @@ inline void for_block(const Weight& w, int64_t p, int64_t b, Use use) {
     for (int g = 0; g < groups_per_block<K>(); ++g) {
         const i32x16 group = load<i32x16>(group_codes<K>(w, p, b, g));
         for (int step = 0; step < steps; ++step) {
-            const f32x16 q = to_float(step_codes<K>(group, step));
+            const f32x16 q = step_values<K>(group, step);
             use(g * steps + step, K == FOUR_BIT ? q * scale + offset : q * scale);
         }
     }
@@ -138,40 +154,50 @@ inline void store_rows(const f32x16 (&sums)[ROWS], float* y, int64_t ldy, int64_
         std::memcpy(y + r * ldy + p * PANEL, &sums[r], columns * sizeof(float));
 }
 
-// Rows [first_row, first_row + ROWS) of float x against panel p. Alternate k add into
-// separate accumulators, so that one row's chain of multiply-adds does not wait on itself.
-// (The loops are written out, not passed to for_block: accumulators a lambda captures
-// live in memory, not in registers.)
+// Rows [first_row, first_row + ROWS) of float x against panel p. Within a block the codes
+// multiply x as they are and the block's scale (and offset, times the sum of x over the
+// block) applies once at its end: scale * sum(q * x) + offset * sum(x), a multiply-add a
+// weight fewer than expanding each weight first. Alternate k add into separate
+// accumulators, so that one row's chain of multiply-adds does not wait on itself. (The
+// loops are written out, not passed to for_block: accumulators a lambda captures live in
+// memory, not in registers.)
 template <int K, int ROWS>
-void float_rows_times_panel(const Weight& w, const float* x_all, int64_t first_row,
-                            float* y_all, int64_t n, int64_t p) {
+void float_rows_times_panel(const Weight& w, const float* x_all, const float* x_sums,
+                            int64_t first_row, float* y_all, int64_t n, int64_t p) {
     constexpr int steps = K == FOUR_BIT ? 8 : 4;
     const int64_t blocks = w.k / BLOCK, ldx = w.k;
     const float* x = x_all + first_row * ldx;
-    f32x16 even[ROWS] = {}, odd[ROWS] = {};
+    f32x16 acc[ROWS] = {};
     for (int64_t b = 0; b < blocks; ++b) {
         prefetch_next_panel(w, p, b, BLOCK * PANEL * (K == FOUR_BIT ? 1 : 2) / 2);
-        const f32x16 scale = block_vector(w.scales, w, p, b);
-        const f32x16 offset = K == FOUR_BIT ? block_vector(w.offsets, w, p, b) : f32x16{};
+        f32x16 even[ROWS] = {}, odd[ROWS] = {};
         for (int g = 0; g < groups_per_block<K>(); ++g) {
             const i32x16 group = load<i32x16>(group_codes<K>(w, p, b, g));
             const float* xg = x + b * BLOCK + g * steps;
             for (int step = 0; step < steps; step += 2) {
-                const f32x16 q0 = to_float(step_codes<K>(group, step));
-                const f32x16 q1 = to_float(step_codes<K>(group, step + 1));
-                if constexpr (K == FOUR_BIT) {
-                    multiply_add(even, q0 * scale + offset, xg + step, ldx);
-                    multiply_add(odd, q1 * scale + offset, xg + step + 1, ldx);
-                } else {
-                    multiply_add(even, q0 * scale, xg + step, ldx);
-                    multiply_add(odd, q1 * scale, xg + step + 1, ldx);
-                }
+                multiply_add(even, step_values<K>(group, step), xg + step, ldx);
+                multiply_add(odd, step_values<K>(group, step + 1), xg + step + 1, ldx);
             }
         }
+        const f32x16 scale = block_vector(w.scales, w, p, b);
+        for (int r = 0; r < ROWS; ++r) {
+            acc[r] += (even[r] + odd[r]) * scale;
+            if constexpr (K == FOUR_BIT)
+                acc[r] += block_vector(w.offsets, w, p, b) * x_sums[(first_row + r) * blocks + b];
+        }
     }
-    f32x16 sums[ROWS];
-    for (int r = 0; r < ROWS; ++r) sums[r] = even[r] + odd[r];
-    store_rows(sums, y_all + first_row * n, n, n, p);
+    store_rows(acc, y_all + first_row * n, n, n, p);
+}
+
+// The sum of each block of 32 of x's rows, [m, k / 32]: the offsets' share of a block.
+std::vector<float> block_sums(const float* x, int64_t m, int64_t k) {
+    std::vector<float> sums(m * (k / BLOCK));
+    for (size_t i = 0; i < sums.size(); ++i) {
+        float sum = 0.0f;
+        for (int j = 0; j < BLOCK; ++j) sum += x[i * BLOCK + j];
+        sums[i] = sum;
+    }
+    return sums;
 }
 
 // Rows of x quantized per block of 32: x ~ scale * q, q in [-127, 127].
@@ -304,13 +330,14 @@ struct Rows {
     const float* x;
     const QuantizedRows* quantized;  // null for the float product
     int64_t m;
+    const float* x_sums;  // the float product's block sums of x (4-bit only)
 };
 
 template <int K, int ROWS>
 inline void rows_times_panel(const Weight& w, const Rows& x, int64_t row, float* y, int64_t n,
                              int64_t p) {
     if (x.quantized) int8_rows_times_panel<K, ROWS>(w, *x.quantized, row, y, n, p);
-    else float_rows_times_panel<K, ROWS>(w, x.x, row, y, n, p);
+    else float_rows_times_panel<K, ROWS>(w, x.x, x.x_sums, row, y, n, p);
 }
 
 // Every row of x against panel p, while its codes are in the L1 cache.
@@ -435,9 +462,12 @@ int tome_block_quantized_matmul(int kind, int activations, const float* x, int64
                                 int64_t k, const uint8_t* codes, const float* scales,
                                 const float* offsets, int64_t n, float* y) {
     const Weight w{codes, scales, offsets, k};
+    if (k % BLOCK != 0) return -1;
     QuantizedRows quantized;
-    if (activations == INT8 && k % BLOCK == 0) quantized = quantize_rows(x, m, k);
-    const Rows rows{x, activations == INT8 ? &quantized : nullptr, m};
+    std::vector<float> sums;
+    if (activations == INT8) quantized = quantize_rows(x, m, k);
+    else if (kind == FOUR_BIT) sums = block_sums(x, m, k);
+    const Rows rows{x, activations == INT8 ? &quantized : nullptr, m, sums.data()};
     return by_kind(kind, k, [&](auto K) { matmul<decltype(K)::value>(w, rows, y, n); });
 }
 
@@ -452,11 +482,14 @@ int tome_block_quantized_grouped_matmul(int kind, int activations, int64_t count
     if (k % BLOCK != 0) return -1;
     std::vector<Weight> weights(count);
     std::vector<QuantizedRows> quantized(activations == INT8 ? count : 0);
+    std::vector<std::vector<float>> sums(activations == INT8 ? 0 : count);
     std::vector<Rows> rows(count);
     for (int64_t g = 0; g < count; ++g) {
         weights[g] = Weight{codes[g], scales[g], offsets ? offsets[g] : nullptr, k};
         if (activations == INT8) quantized[g] = quantize_rows(xs[g], ms[g], k);
-        rows[g] = Rows{xs[g], activations == INT8 ? &quantized[g] : nullptr, ms[g]};
+        else if (kind == FOUR_BIT) sums[g] = block_sums(xs[g], ms[g], k);
+        const float* x_sums = sums.empty() ? nullptr : sums[g].data();
+        rows[g] = Rows{xs[g], activations == INT8 ? &quantized[g] : nullptr, ms[g], x_sums};
     }
     return by_kind(kind, k, [&](auto K) {
         grouped_matmul<decltype(K)::value>(weights.data(), rows.data(), ys, count, n);
