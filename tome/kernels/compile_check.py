@@ -12,6 +12,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from tome.kernels import (
+    kda_recurrent,
     kv_store,
     paged_decode_attention,
     paged_prefill_attention,
@@ -197,6 +198,22 @@ def quantized_matmul_kernels(capability: int) -> None:
         compile_kernel(matmul._quantized_matmul_kernel, pointers, constants, capability)
 
 
+def kda_kernel(capability: int) -> None:
+    """KDA's recurrence at Kimi Linear's head size, from bf16 and float32 activations, with
+    and without checkpoints."""
+    for floats in ("*bf16", "*fp32"):
+        pointers = dict(q_ptr=floats, k_ptr=floats, v_ptr=floats, beta_ptr=floats)
+        pointers |= dict(g_ptr="*fp32", out_ptr="*fp32", states_ptr="*fp32", scale="fp32")
+        pointers |= dict.fromkeys(
+            ("slots_ptr", "query_start_loc_ptr", "context_lens_ptr", "checkpoints_ptr"), "*i64"
+        )
+        for checkpoints in (True, False):
+            constants = dict(
+                HAS_CHECKPOINTS=checkpoints, BLOCK_K=128, BLOCK_V=kda_recurrent.BLOCK_V
+            )
+            compile_kernel(kda_recurrent._recurrent_kda_kernel, pointers, constants, capability)
+
+
 def main(capability: int) -> None:
     """Float8 e4m3 caches only where Triton has the type (8.9 on), as the backend chooses."""
     store_kernel("*i8", integer=True, capability=capability)
@@ -211,6 +228,7 @@ def main(capability: int) -> None:
     layer_op_kernels(capability)
     expert_kernel(capability)
     quantized_matmul_kernels(capability)
+    kda_kernel(capability)
 
 
 if __name__ == "__main__":

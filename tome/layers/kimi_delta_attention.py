@@ -5,7 +5,8 @@ q, k and v are projected from the token, pass a short causal convolution with Si
 q and k are L2-normalised per head. A forget gate gives each key channel of each head its
 decay (g = -exp(A_log) * softplus(f_b(f_a(x)) + dt_bias)); beta = sigmoid(b_proj(x)) is how
 strongly the token overwrites what the state holds for its key (kda_ops.py has the
-recurrence). The output passes an RMSNorm gated by sigmoid(g_b(g_a(x))), then o_proj.
+recurrence, kda_recurrence.py runs it over a batch on the device's kernels). The output
+passes an RMSNorm gated by sigmoid(g_b(g_a(x))), then o_proj.
 
 Instead of a KV cache each sequence has a fixed-size state, its conv inputs and the KDA
 state [heads, k_dim, v_dim] in float32, kept in the engine's state pool and read and
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from tome.layers.attention_metadata import AttentionMetadata
-from tome.layers.kda_ops import chunk_kda, recurrent_kda_step
+from tome.layers.kda_recurrence import kda_recurrence
 from tome.layers.layer_state import StatefulLayer, StateSpec, state_pieces
 from tome.layers.short_conv import ShortConvolution
 
@@ -82,18 +83,11 @@ class KimiDeltaAttention(StatefulLayer):
         """x [tokens, hidden] of a flattened batch; cos_sin is unused (no positions: the
         order of tokens is in the recurrence)."""
         tokens = x.shape[0]
-        mixed = self.qkv_proj(x)
-        decay = self._forget_gate(x)
+        q, k, v = self._split_heads(self._convolve(self.qkv_proj(x), meta))
         beta = torch.sigmoid(self.b_proj(x))
-        core = x.new_empty(tokens, self.num_heads, self.head_dim)
-        decodes = meta.num_decodes
-        if decodes:
-            core[:decodes] = self._decode(mixed[:decodes], decay[:decodes], beta[:decodes], meta)
-        for seq in range(decodes, meta.num_seqs):
-            rows = slice(meta.query_start_loc_cpu[seq], meta.query_start_loc_cpu[seq + 1])
-            core[rows] = self._prefill(mixed[rows], decay[rows], beta[rows], meta, seq)
+        core = kda_recurrence(q, k, v, self._forget_gate(x), beta, self.recurrent_state, meta)
         gate = self.g_b_proj(self.g_a_proj(x)).view(tokens, self.num_heads, self.head_dim)
-        return self.o_proj(self.o_norm(core, gate).reshape(tokens, -1))
+        return self.o_proj(self.o_norm(core.to(x.dtype), gate).reshape(tokens, -1))
 
     def _forget_gate(self, x: torch.Tensor) -> torch.Tensor:
         """Each token's log decay per head and key channel, [tokens, heads, k_dim] float32."""
@@ -106,48 +100,46 @@ class KimiDeltaAttention(StatefulLayer):
     def _split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return qkv.view(qkv.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
 
-    def _prefill(
-        self,
-        mixed: torch.Tensor,
-        decay: torch.Tensor,
-        beta: torch.Tensor,
-        meta: AttentionMetadata,
-        seq: int,
-    ) -> torch.Tensor:
-        """One sequence's chunk: continues from its state unless the chunk starts it. Run
-        in pieces where a checkpoint splits it, each piece's end state saved where asked."""
-        slot = meta.state_slots_cpu[seq]
-        fresh = meta.starts_sequence(seq)
-        conv_state = None if fresh else self.conv_state[slot]
-        state = None if fresh else self.recurrent_state[slot]
-        outs = []
-        for rows, into in state_pieces(mixed.shape[0], slot, meta.state_checkpoint(seq)):
-            qkv, conv_state = self.conv1d.forward_chunk(mixed[rows], conv_state)
-            q, k, v = self._split_heads(qkv)
-            out, state = chunk_kda(q, k, v, decay[rows], beta[rows], state)
-            for target in into:
-                self.conv_state[target] = conv_state
-                self.recurrent_state[target] = state
-            outs.append(out)
-        return torch.cat(outs).to(mixed.dtype)
+    def _convolve(self, mixed: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """q, k and v side by side through the short convolution, each sequence after the
+        inputs its conv state keeps (none where the batch starts it); the states written
+        back, and at the batch's checkpoints."""
+        out = torch.empty_like(mixed)
+        decodes = meta.num_decodes
+        if decodes:
+            out[:decodes] = self._convolve_step(mixed[:decodes], meta)
+        for seq in range(decodes, meta.num_seqs):
+            rows = slice(meta.query_start_loc_cpu[seq], meta.query_start_loc_cpu[seq + 1])
+            out[rows] = self._convolve_chunk(mixed[rows], meta, seq)
+        return out
 
-    def _decode(
-        self, mixed: torch.Tensor, decay: torch.Tensor, beta: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """One token of each of the batch's first sequences, all at once: their states are
-        gathered from the pool, stepped, and written back."""
+    def _convolve_step(self, mixed: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """One token of each of the batch's first sequences, all at once: their conv
+        states are gathered from the pool, stepped, and written back."""
         slots = meta.state_slots[: mixed.shape[0]]
-        conv_states, states = self.conv_state[slots], self.recurrent_state[slots]
+        states = self.conv_state[slots]
         fresh = [seq for seq in range(mixed.shape[0]) if meta.starts_sequence(seq)]
         if fresh:  # one-token prompts: nothing before them
-            conv_states[fresh], states[fresh] = 0, 0
-        q, k, v = self._split_heads(self.conv1d.forward_step(mixed, conv_states))
-        out = recurrent_kda_step(q, k, v, decay, beta, states)
-        self.conv_state.index_copy_(0, slots, conv_states)
-        self.recurrent_state.index_copy_(0, slots, states)
+            states[fresh] = 0
+        out = self.conv1d.forward_step(mixed, states)
+        self.conv_state.index_copy_(0, slots, states)
         for seq in range(mixed.shape[0]):  # a one-token prefill chunk ending a block
             checkpoint = meta.state_checkpoint(seq)
             if checkpoint is not None:
-                self.conv_state[checkpoint.slot] = conv_states[seq]
-                self.recurrent_state[checkpoint.slot] = states[seq]
-        return out.to(mixed.dtype)
+                self.conv_state[checkpoint.slot] = states[seq]
+        return out
+
+    def _convolve_chunk(
+        self, mixed: torch.Tensor, meta: AttentionMetadata, seq: int
+    ) -> torch.Tensor:
+        """One sequence's chunk, in pieces where a checkpoint splits it, each piece's end
+        state saved where asked."""
+        slot = meta.state_slots_cpu[seq]
+        state = None if meta.starts_sequence(seq) else self.conv_state[slot]
+        outs = []
+        for rows, into in state_pieces(mixed.shape[0], slot, meta.state_checkpoint(seq)):
+            out, state = self.conv1d.forward_chunk(mixed[rows], state)
+            for target in into:
+                self.conv_state[target] = state
+            outs.append(out)
+        return torch.cat(outs)

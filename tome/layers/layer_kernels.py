@@ -1,8 +1,9 @@
 """Which kernels run a layer's small ops (RMSNorm, the rotary embedding, SiLU-and-multiply)
 on a tensor: the Triton ones on CUDA where Triton is installed, the C++ ones for float32
-on the CPU where they build, else none (the layer's own torch ops). TOME_LAYER_OPS
-overrides the choice: `triton` runs the Triton kernels even on the CPU (under
-TRITON_INTERPRET=1, as the tests do), `torch` keeps torch ops everywhere."""
+on the CPU where they build, else none (the layer's own torch ops). The MoE experts and
+KDA's recurrence choose theirs by the same rule (uses_triton, uses_cpu_kernels).
+TOME_LAYER_OPS overrides the choice: `triton` runs the Triton kernels even on the CPU
+(under TRITON_INTERPRET=1, as the tests do), `torch` keeps torch ops everywhere."""
 
 import importlib.util
 import os
@@ -34,6 +35,12 @@ def layer_kernels(x: torch.Tensor) -> ModuleType | None:
 def uses_triton(x: torch.Tensor) -> bool:
     """Whether x's layer ops (and a MoE layer's experts) run as Triton kernels."""
     return _triton_chosen(_choice(), x)
+
+
+def uses_cpu_kernels(x: torch.Tensor) -> bool:
+    """Whether x's ops may take a C++ kernel (where it builds and serves x): on the CPU,
+    unless TOME_LAYER_OPS asks for Triton or torch ops."""
+    return _choice() == "auto" and x.device.type == "cpu"
 
 
 def _triton_chosen(choice: str, x: torch.Tensor) -> bool:
