@@ -1,6 +1,7 @@
 """BlockManager bookkeeping for the lower KV tiers (host memory, disk), on hand-built
 Sequences: which evictions are saved, which prefix blocks are restored and into which
-blocks, what is refused, and the scheduler sending sequences of failed restores back.
+blocks, what is refused, a hybrid model's state checkpoints going down with their blocks,
+and the scheduler sending sequences of failed restores back.
 
 The lower tier here is a plain set of hashes: the block manager only asks it what it
 holds; the copies themselves are tested in test_kv_tiers.py. Block size 4 throughout."""
@@ -9,6 +10,7 @@ from tests.test_block_manager import BS, admitted, computed, make_seq
 from tome.engine.block_manager import BlockManager
 from tome.engine.scheduler import Scheduler
 from tome.engine.sequence import SequenceStatus
+from tome.engine.state_checkpoints import StateCheckpoints
 
 A = list(range(100, 113))  # 13 tokens: three full blocks and one token
 
@@ -105,6 +107,29 @@ def test_the_prefix_stops_at_the_first_block_no_tier_holds():
     assert again.num_computed_tokens == 4
     assert [h for h, _ in bm.take_swaps().ins] == [first]
     assert third in lower
+
+
+def test_an_evicted_blocks_checkpoint_goes_down_with_it_unless_pinned():
+    bm, lower = tiered(4)
+    bm.state_checkpoints = checkpoints = StateCheckpoints(range(10, 13))
+    lower_states: set[bytes] = set()
+    bm.lower_states = lower_states
+    a = computed(bm, admitted(bm, A))
+    _, second, third = a.block_hashes[:3]
+    slots = {}
+    for block_hash in (second, third):
+        slots[block_hash] = checkpoints.reserve(a)
+        checkpoints.commit(slots[block_hash], block_hash, a)
+    checkpoints.pin(second)  # a named context's: it stays in memory
+    bm.free(a)
+    bm.free(admitted(bm, [7] * 16))  # evicts A's blocks
+    swaps = bm.take_swaps()
+    assert swaps.state_outs == [(slots[third], third)]
+    assert (second in checkpoints, third in checkpoints, checkpoints.num_free) == (True, False, 2)
+    lower.update(block_hash for _, block_hash in swaps.outs)
+    lower_states.add(third)
+    # The hit may end where only a lower tier holds the state.
+    assert admitted(bm, A).num_computed_tokens == 12
 
 
 def test_restores_need_free_blocks_and_a_refusal_changes_nothing():

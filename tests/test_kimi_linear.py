@@ -4,9 +4,11 @@ saved by transformers, in two layer patterns (dense first layer or none, q_lora 
 off, grouped routing, one and two shared experts), give transformers' greedy tokens and
 logprobs for prompts past several KDA chunks and KV blocks, prefilled whole or in small
 chunks, batched or alone, preempted and recomputed; prefix-cache hits and named contexts
-resume from state checkpoints (from host memory too) and give the same outputs; the
-recurrent state pool gets every slot back and keeps its checkpoints within their bounds;
-bad configs and budgets are refused with one line."""
+resume from state checkpoints, which go down to host memory and disk with their blocks
+and come back with them, and a conversation's next turn resumes after the answer, all
+with the same outputs; the recurrent state pool gets every slot back and keeps its
+checkpoints within their bounds; the memory plan counts the state pool as the engine
+does; bad configs and budgets are refused with one line."""
 
 import json
 
@@ -22,9 +24,16 @@ from tests.test_bad_input import assert_one_line
 from tests.test_engine_equality import MAX_NEW, TOP, greedy_params, random_prompts
 from tests.test_moe_models import save_random_moe
 from tome import LLM, SamplingParams
-from tome.engine.memory_plan import plan_memory
+from tome.engine.config import EngineConfig
+from tome.engine.memory_plan import StatePlan, plan_memory
+from tome.engine.outputs import RequestOutput
 from tome.engine.sequence import Sequence
-from tome.engine.state_checkpoints import PER_SEQUENCE, StateCheckpoints, checkpoint_block
+from tome.engine.state_checkpoints import (
+    PER_ANSWER,
+    PER_SEQUENCE,
+    StateCheckpoints,
+    checkpoint_block,
+)
 from tome.errors import InvalidRequestError, ModelLoadError
 from tome.layers import kda_ops
 from tome.layers.attention_metadata import AttentionMetadata
@@ -286,11 +295,12 @@ def test_an_aborted_request_gives_its_slot_back(kimi):
     assert_no_checkpoint_leaks(llm)
 
 
-def test_a_chunk_checkpoints_the_last_prompt_block_it_completes():
-    assert checkpoint_block(0, 48, 140, 16) == 2  # the state after 48 tokens
-    assert checkpoint_block(96, 44, 140, 16) == 7  # the last full block of the prompt
-    assert checkpoint_block(40, 7, 140, 16) is None  # completes none
-    assert checkpoint_block(140, 1, 140, 16) is None  # a decode
+def test_a_chunk_checkpoints_the_last_block_it_completes():
+    assert checkpoint_block(0, 48, 16) == 2  # the state after 48 tokens
+    assert checkpoint_block(96, 44, 16) == 7  # the last full block of a 140-token prompt
+    assert checkpoint_block(40, 7, 16) is None  # completes none
+    assert checkpoint_block(140, 1, 16) is None  # a decode inside a block
+    assert checkpoint_block(143, 1, 16) == 8  # a decode completing one
 
 
 def test_checkpoints_are_bounded_per_sequence_and_in_all_but_pinned():
@@ -310,6 +320,19 @@ def test_checkpoints_are_bounded_per_sequence_and_in_all_but_pinned():
     assert [key in checkpoints for key in (b"b", b"d", b"e", b"f")] == [True, True, False, True]
 
 
+def test_a_sequence_keeps_one_checkpoint_past_its_prompt_in_one_slot():
+    checkpoints = StateCheckpoints(range(4, 8))
+    seq = Sequence("0", [1], SamplingParams(), None)
+    for key in (b"a", b"b"):
+        checkpoints.commit(checkpoints.reserve(seq), key, seq)
+    slot = checkpoints.reserve(seq, answer=True)
+    checkpoints.commit(slot, b"x", seq, answer=True)
+    assert checkpoints.reserve(seq, answer=True) == slot  # x is given up, its slot reused
+    checkpoints.commit(slot, b"y", seq, answer=True)
+    assert (seq.state_checkpoints, seq.answer_checkpoints) == ([b"a", b"b"], [b"y"])
+    assert b"x" not in checkpoints and checkpoints.num_free == 1
+
+
 def test_a_shared_prefix_resumes_from_the_state_at_its_last_block(kimi, expected):
     # One chunk: the first prompt's checkpoint is at the end of its last full block, 112.
     llm = engine(kimi)
@@ -321,10 +344,11 @@ def test_a_shared_prefix_resumes_from_the_state_at_its_last_block(kimi, expected
 
 def test_a_second_question_resumes_where_a_chunk_ended(kimi, expected_questions):
     # Chunks of 48 save states at 48, 96 and 128 (the last full block); the sequence
-    # keeps its last two. The second question parts from the first at 100: it resumes at 96.
+    # keeps its last two, and its answer's at 144. The second question parts from the
+    # first at 100: it resumes at 96.
     llm = engine(kimi, max_num_batched_tokens=48)
     first = llm.generate([QUESTIONS[0]], greedy_params())[0]
-    assert len(llm.engine.state_pool.checkpoints) == PER_SEQUENCE
+    assert len(llm.engine.state_pool.checkpoints) == PER_SEQUENCE + PER_ANSWER
     second = llm.generate([QUESTIONS[1]], greedy_params())[0]
     assert (first.num_cached_tokens, second.num_cached_tokens) == (0, 96)
     assert_matches(expected_questions, [first, second])
@@ -366,24 +390,79 @@ def test_a_named_context_resumes_from_its_pinned_state(kimi, expected_questions)
     assert_no_checkpoint_leaks(llm)
 
 
-def test_a_prefix_back_from_host_memory_resumes_from_its_checkpoint(
+def tiered_engine(kimi, **tiers) -> LLM:
+    """An engine whose KV pool holds 11 blocks beside its state pool: the 150-token prompt
+    with its answer takes them all, evicting every block of a question before it, and the
+    checkpoints at their ends with them. Host memory holds 32 blocks, and (a quarter of
+    it) a few checkpoints."""
+    sizes = engine(kimi).engine
+    state_bytes = sizes.state_pool.bytes_per_sequence
+    block_bytes = sizes.runner.kv_pool.bytes_per_block
+    return engine(
+        kimi,
+        kv_cache_memory=sizes.state_pool.nbytes + 11 * block_bytes,
+        host_kv_cache_memory=32 * block_bytes + 16 * state_bytes,
+        max_num_batched_tokens=48,
+        **tiers,
+    )
+
+
+def evict_the_first_question(llm: LLM) -> list[RequestOutput]:
+    """The first question (chunks of 48 keep checkpoints at 96 and 128, its answer's at
+    144), then a longer prompt that evicts its blocks: they and those checkpoints go down."""
+    first = llm.generate([QUESTIONS[0]], greedy_params())[0]
+    other = llm.generate([PROMPTS[2]], greedy_params())[0]
+    assert llm.engine.kv_tier_stats().checkpoints_to_host == PER_SEQUENCE + PER_ANSWER
+    return [first, other]
+
+
+def test_a_checkpoint_goes_down_to_host_memory_with_its_block_and_comes_back(
     kimi, expected, expected_questions
 ):
-    state_bytes = engine(kimi).engine.state_pool.nbytes
-    block_bytes = engine(kimi).engine.runner.kv_pool.bytes_per_block
-    llm = engine(
-        kimi,
-        kv_cache_memory=state_bytes + 14 * block_bytes,
-        host_kv_cache_memory=32 * block_bytes,
-        max_num_batched_tokens=48,
-    )
-    first = llm.generate([QUESTIONS[0]], greedy_params())[0]
-    # 11 of the 14 blocks: most of the first question's go down to host memory.
-    other = llm.generate([PROMPTS[2]], greedy_params())[0]
+    llm = tiered_engine(kimi)
+    first, other = evict_the_first_question(llm)
+    # The second question parts from the first at 100: its hit ends at 96, where the
+    # checkpoint in host memory is, every block of it restored from there too.
     second = llm.generate([QUESTIONS[1]], greedy_params())[0]
-    assert second.num_cached_tokens == 96
-    assert llm.engine.kv_tier_stats().host_hit_tokens > 0
+    stats = llm.engine.kv_tier_stats()
+    assert second.num_cached_tokens == stats.host_hit_tokens == 96
+    assert stats.checkpoints_from_host == 1
     assert_matches([*expected_questions, expected[2]], [first, second, other])
+    assert_every_slot_free(llm)
+    assert_no_checkpoint_leaks(llm)
+
+
+def test_a_checkpoint_on_disk_comes_back_in_a_restarted_engine(kimi, expected_questions, tmp_path):
+    evict_the_first_question(tiered_engine(kimi, disk_kv_cache_dir=str(tmp_path)))
+    restarted = tiered_engine(kimi, disk_kv_cache_dir=str(tmp_path))
+    second = restarted.generate([QUESTIONS[1]], greedy_params())[0]
+    stats = restarted.engine.kv_tier_stats()
+    assert second.num_cached_tokens == stats.disk_hit_tokens == 96
+    assert stats.checkpoints_from_disk == 1
+    assert_matches(expected_questions[1:], [second])
+    # A damaged checkpoint file is not read: the question is computed from its start.
+    for path in tmp_path.glob("*/states/*.safetensors"):
+        path.write_bytes(b"not a state")
+    damaged = tiered_engine(kimi, disk_kv_cache_dir=str(tmp_path))
+    again = damaged.generate([QUESTIONS[1]], greedy_params())[0]
+    assert damaged.engine.kv_tier_stats().checkpoints_from_disk == 0
+    assert damaged.engine.scheduler.num_preemptions == 1
+    assert_matches(expected_questions[1:], [again])
+    assert_every_slot_free(damaged)
+    assert_no_checkpoint_leaks(damaged)
+
+
+def test_the_next_turn_resumes_after_the_answer(kimi, reference):
+    # The first prompt's last full block ends at 112; its answer's, at 128.
+    llm = engine(kimi)
+    question = PROMPTS[3][:120]
+    first = llm.generate([question], greedy_params())[0]
+    turn = question + first.token_ids + PROMPTS[2][:20]
+    second = llm.generate([turn], greedy_params())[0]
+    assert second.num_cached_tokens == 128
+    assert_matches([reference_greedy(reference, turn, MAX_NEW)], [second])
+    assert_every_slot_free(llm)
+    assert_no_checkpoint_leaks(llm)
 
 
 def test_the_checkpoint_config_and_names_load(tmp_path, hf_tokenizer_dir):
@@ -435,15 +514,22 @@ def test_a_budget_without_room_beside_the_state_is_one_clear_error(kimi):
     assert "recurrent state of max_num_seqs=4" in str(exc_info.value)
 
 
-def test_the_plan_counts_the_state_once_and_kv_only_for_latent_layers(kimi):
+def test_the_plan_counts_the_state_pool_as_the_engine_does_and_kv_only_for_latent_layers(kimi):
     config = ModelConfig.from_hf(transformers.AutoConfig.from_pretrained(kimi))
     hf = config.hf_config
     kda_layers = hf.layer_types.count(KDA)
     heads, dim, taps = hf.linear_num_heads, hf.linear_head_dim, hf.linear_conv_kernel_dim
     per_layer = heads * dim * dim * 4 + 3 * heads * dim * (taps - 1) * 4  # float32
-    plan = plan_memory(config, "float32", 1000, 1 << 30)
-    assert plan.state_bytes == kda_layers * per_layer
+    settings = EngineConfig(max_num_seqs=4, max_state_checkpoints=3)
+    plan = plan_memory(config, "float32", 1000, 1 << 30, engine=settings)
+    assert plan.state == StatePlan(kda_layers * per_layer, seats=4, checkpoints=3)
+    llm = engine(kimi, max_state_checkpoints=3)
+    assert plan.state_bytes == llm.engine.state_pool.nbytes == 7 * kda_layers * per_layer
     latent = COMMON["kv_lora_rank"] + COMMON["qk_rope_head_dim"]
     assert plan.kv[0].bytes_per_token == (4 - kda_layers) * latent * 4
     room = (1 << 30) - plan.weight_bytes - plan.state_bytes
     assert plan.kv[0].max_tokens == room // plan.kv[0].bytes_per_token
+    # By default as many checkpoints as seats, and none without prefix caching.
+    assert plan_memory(config, "float32", 1000, 1 << 30).state.checkpoints == 64
+    no_cache = EngineConfig(enable_prefix_caching=False)
+    assert plan_memory(config, "float32", 1000, 1 << 30, engine=no_cache).state.checkpoints == 0

@@ -23,7 +23,13 @@ from tome.cli import app
 from tome.cli_options import parse_kv_memory
 from tome.engine import kv_cache
 from tome.engine.config import EngineConfig
-from tome.engine.memory_plan import parameter_count, plan_memory, weight_bytes
+from tome.engine.memory_plan import (
+    load_plan_config,
+    parameter_count,
+    plan_device,
+    plan_memory,
+    weight_bytes,
+)
 from tome.engine.model_loading import load_model
 from tome.errors import InvalidRequestError, KVCacheCapacityError
 from tome.kernels.block_quantized_matmul import BlockQuantizedWeight, PackedWeight
@@ -31,6 +37,7 @@ from tome.kernels.float8_matmul import Float8Weight
 from tome.layers.rotary import RotaryEmbedding
 from tome.layers.torch_attention_backend import MASK_ELEMENTS
 from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
+from tome.memory_plan_table import format_bytes
 from tome.models.config import ModelConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,9 +208,52 @@ def test_plan_command_counts_quantized_weights():
     assert "parameters in bfloat16 quantized to int4 (groups of 32) =" in int4_line
 
 
+# Kimi-Linear-48B-A3B's own layers: 20 KDA layers, each with a [32, 128, 128] float32 state
+# and its convolution's last 3 inputs of 3 x 4096 channels in bfloat16, and 7 latent
+# attention layers of 576 values a token.
+KIMI_STATE_BYTES = 20 * (32 * 128 * 128 * 4 + 3 * 3 * 4096 * 2)
+KIMI_KV_BYTES_PER_TOKEN = 7 * 576 * 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "seats", "checkpoints"),
+    [((), 64, 64), (("--max-num-seqs", "8", "--max-state-checkpoints", "2"), 8, 2)],
+)
+def test_plan_command_counts_a_hybrid_models_state_pool_and_shows_it_beside_kv(
+    flags, seats, checkpoints
+):
+    args = ["plan", "--dummy", str(REPO / "bench/configs/kimi-linear-48b-a3b.json")]
+    args += ["--max-model-len", "131072", "--device-memory", "141GiB", *flags]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    pool = (seats + checkpoints) * KIMI_STATE_BYTES
+    assert "49,122,681,728 parameters" in text
+    assert (
+        f"recurrent state: {format_bytes(KIMI_STATE_BYTES)} a sequence, whatever its length; "
+        f"{seats} running sequences and {checkpoints} prefix-cache checkpoints hold "
+        f"{format_bytes(pool)}"
+    ) in text
+    weights = weight_bytes(load_plan_config(None, args[2]), torch.bfloat16, plan_device())
+    max_tokens = (141 * 2**30 - weights - pool) // KIMI_KV_BYTES_PER_TOKEN
+    kv = 131072 * KIMI_KV_BYTES_PER_TOKEN
+    total = format_bytes(weights + pool + kv)
+    assert f"│ bfloat16 │ 8,064 │ {format_bytes(kv)} │ {total} │ yes │ {max_tokens:,} │" in text
+    # One sequence: the state is a few percent of its KV at 128k tokens, less at 1M.
+    for tokens in (131072, 1048576):
+        kv = tokens * KIMI_KV_BYTES_PER_TOKEN
+        share = KIMI_STATE_BYTES / (KIMI_STATE_BYTES + kv)
+        row = (
+            f"│ {tokens:,} │ {format_bytes(kv)} │ {format_bytes(KIMI_STATE_BYTES)} │ {share:.1%} │"
+        )
+        assert row in text
+
+
 @pytest.mark.parametrize(
     "bad",
     [
+        ["--max-num-seqs", "0"],
+        ["--max-state-checkpoints", "-1"],
         ["--dtype", "int3"],
         ["--quantization", "int3"],
         ["--device-memory", "12XB"],

@@ -17,6 +17,8 @@ from tome.cli_options import (
     KVDtypeOption,
     KVMemoryOption,
     MaxModelLenOption,
+    MaxNumSeqsOption,
+    MaxStateCheckpointsOption,
     MaxTokensOption,
     ModelOption,
     QuantizationOption,
@@ -33,6 +35,7 @@ from tome.cli_options import (
     parse_sparse_prefill,
     sampling_params,
 )
+from tome.engine.config import EngineConfig
 from tome.errors import TomeError
 from tome.eval.cli import eval_app
 from tome.server import cli as server_cli
@@ -305,16 +308,23 @@ def plan(
     dummy: Annotated[str | None, typer.Option(help="A config.json (or its folder).")] = None,
     quantization: QuantizationOption = None,
     quantize_head: QuantizeHeadOption = True,
+    max_num_seqs: MaxNumSeqsOption = EngineConfig.max_num_seqs,
+    max_state_checkpoints: MaxStateCheckpointsOption = None,
 ) -> None:
-    """Memory for the weights and the KV cache at each KV dtype, from the config alone."""
+    """Memory for the weights, a hybrid model's recurrent state and the KV cache at each KV
+    dtype, from the config alone."""
     from tome.engine.memory_plan import default_device_memory, load_plan_config, plan_memory
     from tome.memory_plan_table import print_memory_plan
 
     try:
+        # The engine's own settings: the state pool is sized from them as it sizes it.
+        engine = EngineConfig(
+            max_num_seqs=max_num_seqs, max_state_checkpoints=max_state_checkpoints
+        )
         config = load_plan_config(model, dummy)
         memory = parse_size(device_memory) if device_memory else default_device_memory()
         tokens = config.max_position_embeddings if max_model_len is None else max_model_len
-        plan = plan_memory(config, dtype, tokens, memory, quantization, quantize_head)
+        plan = plan_memory(config, dtype, tokens, memory, quantization, quantize_head, engine)
         print_memory_plan(plan, console)
     except TomeError as exc:
         _fail(exc)

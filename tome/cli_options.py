@@ -72,6 +72,13 @@ QuantizeHeadOption = Annotated[
     bool,
     typer.Option(help="With --quantization, quantize the embedding and LM head too."),
 ]
+MaxNumSeqsOption = Annotated[
+    int, typer.Option(help="Sequences running at once; a hybrid model holds a state for each.")
+]
+MaxStateCheckpointsOption = Annotated[
+    int | None,
+    typer.Option(help="A hybrid model's prefix-cache states kept (default: --max-num-seqs)."),
+]
 Int8ActivationsOption = Annotated[
     bool,
     typer.Option(

@@ -3,7 +3,7 @@
 from rich.console import Console
 from rich.table import Table
 
-from tome.engine.memory_plan import MemoryPlan
+from tome.engine.memory_plan import SEQUENCE_TOKENS, MemoryPlan
 from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
 
 
@@ -25,7 +25,10 @@ def print_memory_plan(plan: MemoryPlan, console: Console) -> None:
     )
     if plan.state_bytes:
         console.print(
-            f"recurrent state: {format_bytes(plan.state_bytes)} a sequence, whatever its length"
+            f"recurrent state: {format_bytes(plan.state.bytes_per_sequence)} a sequence, "
+            f"whatever its length; {plan.state.seats} running sequences and "
+            f"{plan.state.checkpoints} prefix-cache checkpoints hold "
+            f"{format_bytes(plan.state_bytes)}"
         )
     total = "weights + state + KV" if plan.state_bytes else "weights + KV"
     table = Table(title=f"KV cache for {plan.max_model_len:,} tokens")
@@ -45,3 +48,18 @@ def print_memory_plan(plan: MemoryPlan, console: Console) -> None:
         "int8 and fp8 include one float32 scale per token and head. Activations and the "
         "runtime need some memory beyond weights + KV."
     )
+    if plan.state_bytes:
+        print_sequence_state(plan, console)
+
+
+def print_sequence_state(plan: MemoryPlan, console: Console) -> None:
+    """One sequence's recurrent state beside its KV at SEQUENCE_TOKENS."""
+    kv, state = plan.kv[0], plan.state.bytes_per_sequence
+    table = Table(title="One sequence: KV against recurrent state")
+    for column in ("tokens", f"KV ({kv.kv_dtype})", "state", "state's share"):
+        table.add_column(column, justify="right")
+    for tokens in SEQUENCE_TOKENS:
+        kv_bytes = kv.bytes_per_token * tokens
+        share = f"{state / (state + kv_bytes):.1%}"
+        table.add_row(f"{tokens:,}", format_bytes(kv_bytes), format_bytes(state), share)
+    console.print(table)

@@ -10,7 +10,9 @@ holds no tensors: it records those copies as BlockSwaps, which the engine makes 
 the step's forward pass.
 
 A hybrid model's recurrent layers resume only from a saved state (state_checkpoints.py):
-for such a model a hit ends at the last block whose state is checkpointed."""
+for such a model a hit ends at the last block whose state is checkpointed, in memory or
+in a lower tier. An evicted block's checkpoint goes with it: down beside the block where
+the tiers keep states, for good where there are no tiers."""
 
 import hashlib
 from collections import OrderedDict
@@ -34,13 +36,18 @@ class Block:
 class BlockSwaps:
     """Block copies one step needs, made outs first: `outs` saves evicted named blocks
     (block id, hash) to the lower tiers before anything overwrites them; `ins` restores
-    blocks found there (hash, block id) before the forward pass reads them."""
+    blocks found there (hash, block id) before the forward pass reads them. A hybrid
+    model's state checkpoints move alike: `state_outs` (checkpoint slot, block hash) go
+    down with their blocks, `state_ins` (block hash, sequence's state slot) come back
+    into the slots of sequences whose hit ends there (StatePool.take_restores)."""
 
     outs: list[tuple[int, bytes]] = field(default_factory=list)
     ins: list[tuple[bytes, int]] = field(default_factory=list)
+    state_outs: list[tuple[int, bytes]] = field(default_factory=list)
+    state_ins: list[tuple[bytes, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.outs or self.ins)
+        return bool(self.outs or self.ins or self.state_outs or self.state_ins)
 
 
 def chain_hash(parent: bytes | None, token_ids: list[int]) -> bytes:
@@ -64,7 +71,11 @@ class BlockManager:
         # A hybrid model's state checkpoints, which the engine sets; None: no recurrent
         # state, a hit may end at any block.
         self.state_checkpoints: StateCheckpoints | None = None
+        # Hashes whose checkpoints the lower tiers hold, set by the engine when they keep
+        # states. None: checkpoints stay in memory (LRU) whatever tier their block is in.
+        self.lower_states: Container[bytes] | None = None
         self._swap_outs: list[tuple[int, bytes]] = []
+        self._state_outs: list[tuple[int, bytes]] = []
         self._swap_ins: dict[int, bytes] = {}  # block id -> hash to restore into it
 
     @property
@@ -145,8 +156,10 @@ class BlockManager:
 
     def take_swaps(self) -> BlockSwaps:
         """The copies recorded since the last call, for the engine to make now."""
-        swaps = BlockSwaps(self._swap_outs, [(h, b) for b, h in self._swap_ins.items()])
-        self._swap_outs, self._swap_ins = [], {}
+        swaps = BlockSwaps(
+            self._swap_outs, [(h, b) for b, h in self._swap_ins.items()], self._state_outs
+        )
+        self._swap_outs, self._swap_ins, self._state_outs = [], {}, []
         return swaps
 
     def forget(self, block_ids: set[int]) -> None:
@@ -161,7 +174,7 @@ class BlockManager:
         """(hash, device block or None when only a lower tier has it) for the sequence's
         leading full blocks found cached, within the tokens it may take from the cache (the
         last one and unscored prompt logprobs are recomputed); for a hybrid model, up to
-        the last of them whose state is checkpointed."""
+        the last of them whose state is checkpointed, in memory or below."""
         if not self.enable_prefix_caching:
             return []
         hits: list[tuple[bytes, int | None]] = []
@@ -172,12 +185,16 @@ class BlockManager:
                 break
             hits.append((block_hash, block_id))
         if self.state_checkpoints is not None:
-            while hits and hits[-1][0] not in self.state_checkpoints:
+            while hits and not self._has_state(hits[-1][0]):
                 hits.pop()
         return hits
 
     def _in_lower_tiers(self, block_hash: bytes) -> bool:
         return self.lower_tiers is not None and block_hash in self.lower_tiers
+
+    def _has_state(self, block_hash: bytes) -> bool:
+        in_lower = self.lower_states is not None and block_hash in self.lower_states
+        return block_hash in self.state_checkpoints or in_lower
 
     def _restore(self, block_hash: bytes, block_id: int) -> int:
         """Name a fresh block `block_hash`, to be filled from a lower tier. Named at once:
@@ -222,13 +239,17 @@ class BlockManager:
         return block_id
 
     def _evict(self, block: Block) -> None:
-        """Drop a free block's name; with lower tiers, save its contents there first. A
-        block restored in this same step holds nothing yet: its restore is cancelled, and
-        the lower tier still has it."""
+        """Drop a free block's name; with lower tiers, save its contents there first, and
+        its state checkpoint with it where they keep states. A block restored in this same
+        step holds nothing yet: its restore is cancelled, and the lower tier still has it."""
         del self.cached_blocks[block.block_hash]
         restoring = self._swap_ins.pop(block.block_id, None) is not None
         if self.lower_tiers is not None and not restoring:
             self._swap_outs.append((block.block_id, block.block_hash))
+            if self.lower_states is not None:
+                slot = self.state_checkpoints.discard(block.block_hash)
+                if slot is not None:  # not pinned: it leaves memory with its block
+                    self._state_outs.append((slot, block.block_hash))
         elif self.lower_tiers is None and self.state_checkpoints is not None:
             # The prefix is gone for good, so is any resuming from its state.
             self.state_checkpoints.discard(block.block_hash)

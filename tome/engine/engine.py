@@ -85,8 +85,12 @@ class Engine:
         )
         if device.type == "cuda" and not config.enforce_eager:
             self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
-        self.kv_tiers = build_kv_tiers(config, self.runner.kv_pool, loaded.source, loaded.numerics)
+        self.kv_tiers = build_kv_tiers(
+            config, self.runner.kv_pool, loaded.source, loaded.numerics, self.state_pool
+        )
         self.block_manager.lower_tiers = self.kv_tiers
+        if self.kv_tiers is not None:  # checkpoints go down with their blocks
+            self.block_manager.lower_states = self.kv_tiers.states
         self.requests: dict[str, Sequence] = {}
         self.contexts = ContextCache(self.block_manager)
         logger.info(
@@ -240,14 +244,21 @@ class Engine:
 
     def _move_kv_blocks(self, batch: ScheduledBatch) -> ScheduledBatch:
         """Before the forward pass: save evicted cached blocks to the lower KV tiers and
-        restore the ones this step's prefixes found there. Sequences whose restore failed
-        go back to waiting, to compute those tokens instead. (Copies recorded in a step
-        with nothing to run wait for the next: nothing overwrites or reads them before.)"""
+        restore the ones this step's prefixes found there, a hybrid model's state
+        checkpoints with them. Sequences whose restore failed go back to waiting, to
+        compute those tokens instead. (Copies recorded in a step with nothing to run wait
+        for the next: nothing overwrites or reads them before.)"""
         swaps = self.block_manager.take_swaps()
+        swaps.state_ins = self.state_pool.take_restores()
         if self.kv_tiers is None or not swaps:
             return batch
-        lost = self.kv_tiers.apply(swaps, self.runner.kv_pool)
-        return self.scheduler.recompute_lost(batch, lost) if lost else batch
+        lost_blocks = self.kv_tiers.apply(swaps, self.runner.kv_pool)
+        lost_states: set[int] = set()
+        if swaps.state_outs or swaps.state_ins:
+            lost_states = self.kv_tiers.move_states(swaps, self.state_pool)
+        if not (lost_blocks or lost_states):
+            return batch
+        return self.scheduler.recompute_lost(batch, lost_blocks, lost_states)
 
     def kv_tier_stats(self) -> KVTierStats:
         """Prefix-cache hits per tier and bytes moved between tiers, since start."""

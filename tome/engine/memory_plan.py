@@ -4,8 +4,10 @@
 keep (loaded_weight_bytes: quantized at load, the layout the device computes from) and KV
 bytes per token the pool's own (kv_bytes_per_token, scales of int8/fp8 included), so the
 plan and the engine agree. A pre-quantized checkpoint is counted as if in float. A hybrid
-model's recurrent state (state_pool.py) is counted for the one sequence planned: its
-size does not depend on the sequence's length."""
+model's recurrent state (state_pool.py) is counted as the engine allocates it, one slot
+per seat (max_num_seqs) and one per prefix-cache checkpoint (state_checkpoint_slots), out
+of the same memory as the KV cache; one sequence's state does not grow with its length,
+so beside its KV it is shown at SEQUENCE_TOKENS."""
 
 import math
 import shutil
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tome.engine.config import DTYPES, KV_CACHE_DTYPES
+from tome.engine.config import DTYPES, KV_CACHE_DTYPES, EngineConfig
 from tome.engine.kv_cache import free_memory, kv_bytes_per_token
 from tome.engine.state_pool import state_bytes_per_sequence
 from tome.errors import InvalidRequestError, ModelLoadError
@@ -29,6 +31,8 @@ from tome.models.weight_bytes import loaded_weight_bytes
 
 # KV dtypes the plan compares, after the weights' own dtype.
 PLANNED_KV_DTYPES = ("bfloat16", "float16", "int8", "fp8")
+# Context lengths at which one sequence's recurrent state is shown beside its KV.
+SEQUENCE_TOKENS = (128 * 1024, 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,34 @@ class KVPlan:
 
 
 @dataclass(frozen=True)
+class StatePlan:
+    """A hybrid model's recurrent state as the engine's StatePool holds it."""
+
+    bytes_per_sequence: int  # 0 without recurrent layers
+    seats: int  # slots of running sequences: max_num_seqs
+    checkpoints: int  # prefix-cache checkpoint slots: EngineConfig.state_checkpoint_slots()
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.seats + self.checkpoints) * self.bytes_per_sequence
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
     parameters: int
     dtype: str
     quantization: str | None  # EngineConfig.quantization
     weight_bytes: int
-    state_bytes: int  # one sequence's recurrent state (0 without recurrent layers)
+    state: StatePlan
     max_model_len: int
     model_window: int
     device_memory: int
-    kv: list[KVPlan]
+    kv: list[KVPlan]  # the weights' dtype first
+
+    @property
+    def state_bytes(self) -> int:
+        """The whole state pool, counted beside the weights before the KV cache."""
+        return self.state.total_bytes
 
 
 def parameter_count(config: ModelConfig) -> int:
@@ -91,11 +113,12 @@ def plan_memory(
     device_memory: int,
     quantization: str | None = None,
     quantize_head: bool = True,
+    engine: EngineConfig | None = None,
 ) -> MemoryPlan:
     """Weights in `dtype` (quantized at load by `quantization`, in the layout of
-    plan_device), a hybrid model's recurrent state for one sequence, plus the KV cache of
-    `max_model_len` tokens, for the weights' dtype and each of PLANNED_KV_DTYPES, against
-    `device_memory` bytes."""
+    plan_device), a hybrid model's state pool as an engine with the settings `engine`
+    (default: EngineConfig's) sizes it, plus the KV cache of `max_model_len` tokens, for
+    the weights' dtype and each of PLANNED_KV_DTYPES, against `device_memory` bytes."""
     if dtype not in DTYPES:
         raise InvalidRequestError(f"dtype must be one of {', '.join(DTYPES)}")
     if quantization is not None and quantization not in WEIGHT_QUANTIZATIONS:
@@ -105,20 +128,29 @@ def plan_memory(
     if device_memory < 1:
         raise InvalidRequestError("device memory must be > 0 bytes")
     weights = weight_bytes(config, DTYPES[dtype], plan_device(), quantization, quantize_head)
-    state = state_bytes_per_sequence(meta_model(config), DTYPES[dtype])
-    room = device_memory - weights - state
+    state = state_plan(config, DTYPES[dtype], engine or EngineConfig())
+    room = device_memory - weights - state.total_bytes
     kv_names = [dtype, *(name for name in PLANNED_KV_DTYPES if name != dtype)]
     return MemoryPlan(
         parameters=parameter_count(config),
         dtype=dtype,
         quantization=quantization,
         weight_bytes=weights,
-        state_bytes=state,
+        state=state,
         max_model_len=max_model_len,
         model_window=config.max_position_embeddings,
         device_memory=device_memory,
         kv=[_kv_plan(config, name, max_model_len, room) for name in kv_names],
     )
+
+
+def state_plan(config: ModelConfig, dtype: torch.dtype, engine: EngineConfig) -> StatePlan:
+    """The state pool Engine allocates for `config` in `dtype` with the settings `engine`:
+    nothing for a model without recurrent layers, as there."""
+    per_sequence = state_bytes_per_sequence(meta_model(config), dtype)
+    if not per_sequence:
+        return StatePlan(0, 0, 0)
+    return StatePlan(per_sequence, engine.max_num_seqs, engine.state_checkpoint_slots())
 
 
 def _kv_plan(config: ModelConfig, name: str, tokens: int, room: int) -> KVPlan:

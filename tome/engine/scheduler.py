@@ -18,6 +18,7 @@ import bisect
 import math
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from tome.engine.block_manager import BlockManager
@@ -231,13 +232,16 @@ class Scheduler:
         bisect.insort(self.running, seq, key=lambda s: s.schedule_key)
         return True
 
-    def recompute_lost(self, batch: ScheduledBatch, lost_blocks: set[int]) -> ScheduledBatch:
+    def recompute_lost(
+        self, batch: ScheduledBatch, lost_blocks: set[int], lost_states: Collection[int] = ()
+    ) -> ScheduledBatch:
         """Blocks whose restore from a lower KV tier failed hold nothing valid: unname them
-        and send the sequences holding them back to waiting, to compute those tokens."""
+        and send the sequences holding them back to waiting, to compute those tokens; so
+        too the sequences whose state slots (`lost_states`) missed their checkpoint."""
         self.block_manager.forget(lost_blocks)
         kept = ScheduledBatch()
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            if lost_blocks.isdisjoint(seq.block_table):
+            if lost_blocks.isdisjoint(seq.block_table) and seq.state_slot not in lost_states:
                 kept.seqs.append(seq)
                 kept.num_new_tokens.append(n)
             else:

@@ -44,8 +44,10 @@ class Sequence:
     num_named_blocks: int = 0  # leading blocks already offered to the prefix cache
     num_cached_tokens: int | None = None  # prefix-cache hit at first admission
     state_slot: int | None = None  # its recurrent state's slot (state_pool.py) while running
-    # Block hashes of the state checkpoints it saved and keeps (state_checkpoints.py).
+    # Block hashes of the state checkpoints it saved and keeps (state_checkpoints.py),
+    # within its prompt and past it.
     state_checkpoints: list[bytes] = field(default_factory=list)
+    answer_checkpoints: list[bytes] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
