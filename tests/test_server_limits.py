@@ -267,18 +267,15 @@ def test_usage_ledger_and_report(server, keys, config_path):
     completion = sum(a.usage.completion_tokens for a in answers)
     store = UsageStore(Database(server.database_url))
     deadline = time.monotonic() + 30
-    while True:  # the ledger writes in the background
+    while True:  # the ledger writes in the background, a request's final row last
         rows = [row for row in store.totals() if row.key_name == "billed"]
-        if rows and rows[0].requests == 2:
+        tokens = rows and (rows[0].prompt_tokens, rows[0].cached_tokens, rows[0].completion_tokens)
+        if tokens == (prompt, cached, completion):
             break
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, tokens
         time.sleep(0.05)
     row = rows[0]
-    assert (row.prompt_tokens, row.cached_tokens, row.completion_tokens) == (
-        prompt,
-        cached,
-        completion,
-    )
+    assert row.requests == 2
     cost = ((prompt - cached) * 2.0 + cached * 0.5 + completion * 4.0) / 1e6
     args = ["usage", "--config", str(config_path), "--database-url", server.database_url]
     result = CliRunner().invoke(app, [*args, "--key", str(row.key_id), "--since", "1h"])

@@ -1,6 +1,9 @@
 """Generation: the engine requests behind one API request (n choices, perhaps several
 prompts), merged into one stream of choice updates. Closing it aborts what still runs and
-hands a GenerationResult (tokens used, timings) to whoever accounts for it."""
+hands a GenerationResult (tokens used, timings) to whoever accounts for it. While it runs,
+it reports its usage so far when it starts and then every PROGRESS_SECONDS or
+PROGRESS_TOKENS new tokens, whichever comes first, so that a process killed mid-stream
+loses at most that much of its billing."""
 
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +15,9 @@ from tome.engine.sampling_params import SamplingParams
 from tome.errors import TomeError
 from tome.server.errors import GenerationError
 from tome.server.stream_merge import merge
+
+PROGRESS_SECONDS = 2.0
+PROGRESS_TOKENS = 64
 
 
 @dataclass
@@ -41,7 +47,7 @@ class TokenCounts:
 class GenerationResult:
     request_id: str
     counts: TokenCounts
-    status: str  # finished, aborted or error
+    status: str  # finished, aborted or error; running while it streams
     time_to_first_token: float | None
     time_per_output_token: list[float] = field(default_factory=list)  # one per choice
     # Engine queue time before the first prefill step, the longest of its choices'.
@@ -58,6 +64,7 @@ class Generation:
         on_first_token: Callable[[], None],
         on_close: Callable[[GenerationResult], None],
         cached_prefix: int = 0,
+        on_progress: Callable[[GenerationResult], None] = lambda _: None,
     ) -> None:
         self.engine = engine
         self.request_id = request_id
@@ -66,6 +73,9 @@ class Generation:
         self.cached_prefix = cached_prefix
         self._on_first_token = on_first_token
         self._on_close = on_close
+        self._on_progress = on_progress
+        self._reported_at = 0.0
+        self._reported_tokens = 0
         self._started_at = time.perf_counter()
         self._outputs: dict[int, RequestOutput] = {}
         self._token_times: dict[int, list[float]] = {c.index: [] for c in choices}
@@ -101,6 +111,7 @@ class Generation:
             self._on_close(self._result())
 
     async def _merged(self) -> AsyncIterator[ChoiceUpdate]:
+        self._report_progress()
         try:
             async for update in merge([self._choice(choice) for choice in self.choices]):
                 yield update
@@ -129,6 +140,22 @@ class Generation:
         if self._first_token_at is None:
             self._first_token_at = now
             self._on_first_token()
+        tokens = sum(len(output.token_ids) for output in self._outputs.values())
+        if (
+            now - self._reported_at >= PROGRESS_SECONDS
+            or tokens - self._reported_tokens >= PROGRESS_TOKENS
+        ):
+            self._report_progress()
+
+    def _report_progress(self) -> None:
+        """Usage so far, as `running`: the prompts not yet reached counted whole."""
+        self._reported_at = time.perf_counter()
+        counts = self._counts()
+        self._reported_tokens = counts.completion
+        reached = {c.prompt_index for c in self.choices if c.index in self._outputs}
+        prompts = {c.prompt_index: len(c.prompt_ids) for c in self.choices}
+        counts.prompt += sum(n for i, n in prompts.items() if i not in reached)
+        self._on_progress(GenerationResult(self.request_id, counts, "running", None))
 
     def _result(self) -> GenerationResult:
         finished = all(

@@ -104,6 +104,9 @@ class ServerState:
             cached_prefix=plan.cached_prefix,
             on_first_token=lambda: self.queue.start(priority),
             on_close=on_close,
+            on_progress=lambda result: self.ledger.record(
+                self._usage_entry(caller, endpoint, result.request_id, result.counts, "running")
+            ),
         )
 
     def _account(self, caller: Caller, endpoint: str, result: GenerationResult) -> None:
@@ -121,7 +124,12 @@ class ServerState:
     ) -> None:
         """Count a request's tokens in the metrics and write them to the usage ledger."""
         self.metrics.count_tokens(counts.prompt, counts.cached, counts.completion)
-        entry = UsageEntry(
+        self.ledger.record(self._usage_entry(caller, endpoint, request_id, counts, status))
+
+    def _usage_entry(
+        self, caller: Caller, endpoint: str, request_id: str, counts: TokenCounts, status: str
+    ) -> UsageEntry:
+        return UsageEntry(
             key_id=caller.key_id,
             request_id=request_id,
             model=self.model_name,
@@ -131,7 +139,6 @@ class ServerState:
             cached_tokens=counts.cached,
             completion_tokens=counts.completion,
         )
-        self.ledger.record(entry)
 
     def close(self) -> None:
         self.ledger.close()

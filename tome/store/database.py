@@ -35,6 +35,7 @@ class Database:
         try:
             self.engine = _create_engine(self.url)
             Base.metadata.create_all(self.engine)
+            _add_missing_indexes(self.engine)
         except (ArgumentError, SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot open the database {self.url}: {one_line(exc)}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -44,6 +45,14 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_indexes(engine: Engine) -> None:
+    """Indexes added to a table after a database was made (create_all makes only missing
+    tables, not their new indexes)."""
+    for table in Base.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
 
 
 def _create_engine(url: str) -> Engine:

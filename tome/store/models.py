@@ -32,10 +32,11 @@ class UsageRow(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
-    request_id: Mapped[str] = mapped_column(String(64))
+    # A request's row is found again while it streams.
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
     model: Mapped[str] = mapped_column(String(200))
     endpoint: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))  # finished, aborted or error
+    status: Mapped[str] = mapped_column(String(16))  # running, finished, aborted or error
     prompt_tokens: Mapped[int]
     cached_tokens: Mapped[int]
     completion_tokens: Mapped[int]

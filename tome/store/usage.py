@@ -1,5 +1,6 @@
-"""The usage ledger: one row per finished or aborted request, summed per key for reports
-and for daily quotas."""
+"""The usage ledger: one row per request, written when it is admitted, brought up to date
+while it streams (status `running`) and final when it ends (finished, aborted or error);
+summed per key for reports and for daily quotas."""
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -16,7 +17,7 @@ class UsageEntry:
     request_id: str
     model: str
     endpoint: str
-    status: str  # finished, aborted or error
+    status: str  # running, then finished, aborted or error
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
@@ -39,8 +40,19 @@ class UsageStore:
         self.database = database
 
     def record(self, entries: list[UsageEntry]) -> None:
+        """Each entry as its request's row: a new row, or the one written before for the
+        same request brought up to date (it keeps its first time)."""
         with self.database.session() as session, session.begin():
-            session.add_all(UsageRow(**vars(entry)) for entry in entries)
+            for entry in entries:
+                query = select(UsageRow).where(UsageRow.request_id == entry.request_id)
+                row = session.scalars(query).first()
+                if row is None:
+                    session.add(UsageRow(**vars(entry)))
+                    session.flush()  # a later entry of this batch finds it
+                    continue
+                for name, value in vars(entry).items():
+                    if name != "created_at":
+                        setattr(row, name, value)
 
     def entry(self, request_id: str) -> UsageEntry | None:
         """One request's row (a chat completion's `id`, a context cache's id), as billed."""
