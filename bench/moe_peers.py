@@ -44,17 +44,18 @@ def timed(run) -> float:
     return time.perf_counter() - start
 
 
-def rates(generate) -> dict:
+def rates(generate, prompt: int = PROMPT, decode: int = DECODE) -> dict:
     """generate(prompt ids, tokens) runs one request from a fresh prompt. The 1-token and
-    the (DECODE + 1)-token runs alternate, REPEATS each; the medians are compared."""
+    the (decode + 1)-token runs after `prompt` tokens alternate, REPEATS each; the medians
+    are compared."""
     generate(ids(64, 9), 2)  # warm-up
     ones, manys = [], []
     for repeat in range(REPEATS):
-        short, long = ids(PROMPT, 2 * repeat), ids(PROMPT, 2 * repeat + 1)
-        ones.append(timed(lambda prompt=short: generate(prompt, 1)))
-        manys.append(timed(lambda prompt=long: generate(prompt, DECODE + 1)))
+        short, long = ids(prompt, 2 * repeat), ids(prompt, 2 * repeat + 1)
+        ones.append(timed(lambda p=short: generate(p, 1)))
+        manys.append(timed(lambda p=long: generate(p, decode + 1)))
     one, many = statistics.median(ones), statistics.median(manys)
-    return {"prefill_tok_s": PROMPT / one, "decode_tok_s": DECODE / (many - one)}
+    return {"prefill_tok_s": prompt / one, "decode_tok_s": decode / (many - one)}
 
 
 def run_tome(workdir: Path, quantized: bool) -> dict:
@@ -189,6 +190,27 @@ def python_for(engine: str) -> str | None:
     return sys.executable
 
 
+def run_engines(script: str, workdir: Path, engines: list[str]) -> dict:
+    """Each engine in its own process (`script WORKDIR --worker ENGINE` under python_for's
+    python), one after the other; the results of their RESULT lines, printed as they come
+    and as JSON at the end. An engine without its python is left out."""
+    results = {}
+    for engine in engines:
+        python = python_for(engine)
+        if python is None:
+            continue
+        done = subprocess.run(
+            [python, script, str(workdir), "--worker", engine], capture_output=True, text=True
+        )
+        # vLLM's engine core outlives its process: nothing of it may run beside the next.
+        subprocess.run(["pkill", "-f", "EngineCore"], check=False)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        results[engine] = json.loads(line[7:]) if line else {"error": done.stderr[-800:]}
+        print(engine, results[engine], flush=True)
+    print(json.dumps(results, indent=1))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir", type=Path)
@@ -203,19 +225,7 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     prepare(args.workdir, args.config)
-    results = {}
-    for engine in args.engines.split(","):
-        python = python_for(engine)
-        if python is None:
-            continue
-        done = subprocess.run(
-            [python, __file__, str(args.workdir), "--worker", engine],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-        results[engine] = json.loads(line[7:]) if line else {"error": done.stderr[-500:]}
-        print(engine, results[engine], flush=True)
-    print(json.dumps(results, indent=1))
+    run_engines(__file__, args.workdir, args.engines.split(","))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from moe_peers import ids, llama_cpp_generator, rates, timed
+from moe_peers import ids, llama_cpp_generator, rates, run_engines, timed
 
 BATCH, BATCH_PROMPT, BATCH_OUT, LONG_PROMPT = 16, 128, 64, 8000
 # llama.cpp's LLAMA_FTYPE_MOSTLY_*. SmolLM2's rows of 576 are not whole K-quant
@@ -134,17 +134,7 @@ def main() -> None:
         return
     workdir.mkdir(parents=True, exist_ok=True)
     prepare(workdir)
-    results = {}
-    for engine in os.environ.get("ENGINES", ",".join(ENGINES)).split(","):
-        python = os.environ.get("LLAMA_PYTHON") if engine.startswith("llama") else sys.executable
-        if python is None:
-            continue
-        command = [python, __file__, str(workdir), "--worker", engine]
-        done = subprocess.run(command, capture_output=True, text=True)
-        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-        results[engine] = json.loads(line[7:]) if line else {"error": done.stderr[-500:]}
-        print(engine, results[engine], flush=True)
-    print(json.dumps(results, indent=1))
+    run_engines(__file__, workdir, os.environ.get("ENGINES", ",".join(ENGINES)).split(","))
 
 
 if __name__ == "__main__":
