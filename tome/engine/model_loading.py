@@ -12,6 +12,7 @@ from rich.progress import Progress
 from tome.engine.config import DTYPES, EngineConfig
 from tome.kernels import cpu_layer_ops
 from tome.kernels.block_quantized_matmul import runs_fast
+from tome.layers.bfloat16_linear import use_bfloat16_kernel
 from tome.layers.block_quantized_linear import set_int8_activations
 from tome.layers.transposed_linear import transpose_layer_linears
 from tome.layers.weight_quantization import WEIGHT_QUANTIZATIONS
@@ -92,6 +93,8 @@ def load_model(config: EngineConfig) -> LoadedModel:
     if device.type == "cpu" and dtype == torch.float32:  # bf16 matmuls go faster unchanged
         transpose_layer_linears(model)
         cpu_layer_ops.kernel_library()  # compiled now, if ever, not in the first request
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        use_bfloat16_kernel(model)
     model.eval()
     if device.type == "cpu":
         release_freed_memory()
