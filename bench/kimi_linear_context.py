@@ -44,6 +44,9 @@ def measure(config: Path, lengths: list[int], quantization: str | None, decode_t
         int8_activations=True,
         max_model_len=max(lengths) + decode_tokens + 64,
         max_num_seqs=1,
+        # One slot (the default: max_num_seqs) would go to the answer's checkpoint after
+        # the first step, and the next step's prompt could not resume from the first's.
+        max_state_checkpoints=4,
     )
     engine = llm.engine
     vocab = engine.model_config.vocab_size
