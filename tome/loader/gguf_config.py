@@ -16,6 +16,7 @@ from gguf import GGUFReader, GGUFValueType
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from tome.loader import gguf_kimi_linear
+from tome.loader.gguf_latent_attention import latent_attention_fields
 
 # GGUF metadata key -> the transformers config attribute it sets.
 MOE_FIELDS = {
@@ -85,7 +86,6 @@ def _deepseek_config(reader: GGUFReader) -> PretrainedConfig:
         return _field(reader, f"deepseek2.{key}", default)
 
     names = {tensor.name for tensor in reader.tensors}
-    rope_dim = int(meta("rope.dimension_count"))
     is_v3 = meta("expert_gating_func") == SIGMOID_GATING or any(
         name.endswith("exp_probs_b.bias") for name in names
     )
@@ -97,13 +97,7 @@ def _deepseek_config(reader: GGUFReader) -> PretrainedConfig:
         num_hidden_layers=int(meta("block_count")),
         num_attention_heads=int(meta("attention.head_count")),
         num_key_value_heads=int(meta("attention.head_count")),
-        max_position_embeddings=int(meta("context_length")),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
-        q_lora_rank=meta("attention.q_lora_rank"),
-        kv_lora_rank=int(meta("attention.kv_lora_rank")),
-        qk_rope_head_dim=rope_dim,
-        qk_nope_head_dim=int(meta("attention.key_length_mla")) - rope_dim,
-        v_head_dim=int(meta("attention.value_length_mla")),
+        **latent_attention_fields(meta),
         moe_intermediate_size=int(meta("expert_feed_forward_length")),
         n_routed_experts=int(meta("expert_count")),
         num_experts_per_tok=int(meta("expert_used_count")),

@@ -22,6 +22,7 @@ from gguf import ExpertGatingFuncType, GGUFReader
 from transformers import PretrainedConfig
 
 from tome.errors import ModelLoadError
+from tome.loader.gguf_latent_attention import latent_attention_fields
 
 ARCHITECTURE = "kimi-linear"
 DELTA_LAYER, LATENT_LAYER = "linear_attention", "full_attention"  # as layer_types names them
@@ -66,7 +67,6 @@ def kimi_linear_config(reader: GGUFReader) -> PretrainedConfig:
         )
     layer_types = [LATENT_LAYER if heads else DELTA_LAYER for heads in kv_heads]
     dense = int(meta("leading_dense_block_count", 0))
-    rope_dim = int(meta("rope.dimension_count"))
     heads = int(meta("attention.head_count"))
     vocab_size = meta("vocab_size")
     if vocab_size is None:  # older converters: one token a row of the embedding
@@ -79,13 +79,7 @@ def kimi_linear_config(reader: GGUFReader) -> PretrainedConfig:
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
-        max_position_embeddings=int(meta("context_length")),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
-        q_lora_rank=meta("attention.q_lora_rank"),
-        kv_lora_rank=int(meta("attention.kv_lora_rank")),
-        qk_rope_head_dim=rope_dim,
-        qk_nope_head_dim=int(meta("attention.key_length_mla")) - rope_dim,
-        v_head_dim=int(meta("attention.value_length_mla")),
+        **latent_attention_fields(meta),
         num_local_experts=int(meta("expert_count")),
         num_experts_per_tok=int(meta("expert_used_count")),
         n_shared_experts=int(meta("expert_shared_count", 0)),
