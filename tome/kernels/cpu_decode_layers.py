@@ -51,7 +51,6 @@ class DecodeStep(ctypes.Structure):
         *[
             (name, _pointer)
             for name in (
-                "fp8_table",
                 "h",
                 "qkv",
                 "q",

@@ -20,7 +20,7 @@ from tome.kernels.block_quantized_matmul import (
     INT8_ACTIVATIONS,
     KINDS,
 )
-from tome.kernels.cpu_decode_attention import CACHE_KINDS, _fp8_values, split_blocks
+from tome.kernels.cpu_decode_attention import CACHE_KINDS, split_blocks
 from tome.kernels.cpu_decode_layers import (
     DecodeLayer,
     DecodeLinear,
@@ -79,7 +79,6 @@ class CpuDecodeLayers:
             tables.stride(0),
             lens.data_ptr(),
             split_blocks(max(meta.context_lens_cpu[:tokens]), meta.block_size, tokens),
-            _fp8_values().data_ptr(),
             *[buffer.data_ptr() for buffer in scratch.values()],
         )
         run_decode_layers(self.kernels, self._layers(), step)

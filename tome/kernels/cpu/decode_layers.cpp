@@ -85,7 +85,6 @@ struct DecodeStep {
     int64_t table_stride;
     const int64_t* context_lens;
     int32_t split_blocks;
-    const float* fp8_table;
     float* h;
     float* qkv;
     float* q;
@@ -146,9 +145,10 @@ int attention_block(const DecodeKernels& f, const DecodeLayer& l, const DecodeSt
     status = f.store_kv(k, k_stride, v, l.qkv.n, s.slots, t, l.kv_heads, d, l.cache_kind,
                         l.k_cache, l.v_cache, nullptr, nullptr);
     if (status != 0) return status;
+    // No scales and no fp8 table: the pass takes float32 and bfloat16 caches only.
     status = f.attention(s.q, s.attention, static_cast<int>(t), l.heads, l.kv_heads,
                          static_cast<int>(d), l.block_size, l.cache_kind, l.k_cache,
-                         l.v_cache, nullptr, nullptr, s.fp8_table, s.block_tables,
+                         l.v_cache, nullptr, nullptr, nullptr, s.block_tables,
                          s.table_stride, s.context_lens, l.attention_scale, s.split_blocks);
     if (status != 0) return status;
     return linear(f, l.o, s.attention, t, s.x);
