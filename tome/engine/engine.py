@@ -17,6 +17,7 @@ from tome.engine.kv_cache import (
     resolve_kv_cache_dtype,
 )
 from tome.engine.kv_tiers import KVTierStats, build_kv_tiers
+from tome.engine.memory_plan import state_pool_plan
 from tome.engine.model_loading import load_model
 from tome.engine.model_runner import ModelRunner, StepOutput
 from tome.engine.outputs import RequestOutput
@@ -47,9 +48,8 @@ class Engine:
         block_bytes = token_bytes * config.block_size
         # A hybrid model's recurrent state, one slot per seat and one per prefix-cache
         # checkpoint, comes out of the same budget.
-        per_sequence = state_bytes_per_sequence(loaded.model, self.dtype)
-        num_checkpoints = config.state_checkpoint_slots() if per_sequence else 0
-        state_bytes = (config.max_num_seqs + num_checkpoints) * per_sequence
+        state = state_pool_plan(state_bytes_per_sequence(loaded.model, self.dtype), config)
+        state_bytes = state.total_bytes
         budget = kv_budget(
             config.kv_cache_memory,
             device,
@@ -59,7 +59,7 @@ class Engine:
         if num_blocks < 1:
             raise InvalidRequestError(_no_block_message(budget, block_bytes, state_bytes, config))
         self.state_pool = StatePool(
-            loaded.model, config.max_num_seqs, self.dtype, device, num_checkpoints
+            loaded.model, config.max_num_seqs, self.dtype, device, state.checkpoints
         )
         self.block_manager = BlockManager(
             num_blocks, config.block_size, config.enable_prefix_caching
@@ -107,10 +107,10 @@ class Engine:
         if self.state_pool.has_state:
             logger.info(
                 "recurrent state: %d bytes a sequence, %d slots and %d checkpoints (%.1f MiB)",
-                self.state_pool.bytes_per_sequence,
-                config.max_num_seqs,
-                num_checkpoints,
-                state_bytes / 2**20,
+                state.bytes_per_sequence,
+                state.seats,
+                state.checkpoints,
+                state.total_bytes / 2**20,
             )
 
     @property

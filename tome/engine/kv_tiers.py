@@ -15,6 +15,7 @@ keeps at most three checkpoints, and for the long prompts such tiers are for tha
 small part of the prompt's KV (Kimi-Linear-48B's three, 124 MiB, are a quarter of a
 64k-token prompt's KV at 8,064 bytes a token)."""
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tome.engine.disk_kv_tier import DiskKVTier, kv_fingerprint
 from tome.engine.host_kv_tier import HostKVTier
 from tome.engine.kv_cache import KVPool
 from tome.engine.state_pool import StatePool
-from tome.engine.tier_stack import TierStack
+from tome.engine.tier_stack import Tier, TierStack
 from tome.errors import InvalidRequestError
 from tome.loader.model_source import ModelSource
 
@@ -80,24 +81,13 @@ class KVTiers:
     def apply(self, swaps: BlockSwaps, pool: KVPool) -> set[int]:
         """Copy evicted blocks out, then restored blocks in. Returns the device blocks that
         could not be restored (a disk file gone or damaged): their contents are not valid."""
-        tensors = pool.tensors()
-        # A block about to be restored must not be pushed out of its tier to make room.
-        keep = {block_hash for block_hash, _ in swaps.ins}
-        for block_id, block_hash in swaps.outs:
-            copied = self.blocks.save([t[block_id] for t in tensors], block_hash, keep)
-            self.stats.bytes_to_host += self.block_bytes * ("host" in copied)
-            self.stats.bytes_to_disk += self.block_bytes * ("disk" in copied)
-        lost = set()
-        for block_hash, block_id in swaps.ins:
-            tier = self.blocks.load(block_hash, [t[block_id] for t in tensors])
-            if tier is None:
-                lost.add(block_id)
-            elif tier == "host":
-                self.stats.host_hit_tokens += self.block_size
-                self.stats.bytes_from_host += self.block_bytes
-            else:
-                self.stats.disk_hit_tokens += self.block_size
-                self.stats.bytes_from_disk += self.block_bytes
+        down, up, lost = _move(self.blocks, pool.tensors(), swaps.outs, swaps.ins)
+        self.stats.bytes_to_host += self.block_bytes * down["host"]
+        self.stats.bytes_to_disk += self.block_bytes * down["disk"]
+        self.stats.host_hit_tokens += self.block_size * up["host"]
+        self.stats.bytes_from_host += self.block_bytes * up["host"]
+        self.stats.disk_hit_tokens += self.block_size * up["disk"]
+        self.stats.bytes_from_disk += self.block_bytes * up["disk"]
         return lost
 
     @torch.inference_mode()
@@ -105,22 +95,37 @@ class KVTiers:
         """Copy the checkpoints of evicted blocks out, then restored ones into their
         sequences' slots. Returns the slots that could not be filled (a disk file gone or
         damaged): their sequences must compute those tokens instead."""
-        tensors = pool.tensors()
-        keep = {block_hash for block_hash, _ in swaps.state_ins}
-        for slot, block_hash in swaps.state_outs:
-            copied = self.states.save([t[slot] for t in tensors], block_hash, keep)
-            self.stats.checkpoints_to_host += "host" in copied
-            self.stats.checkpoints_to_disk += "disk" in copied
-        lost = set()
-        for block_hash, slot in swaps.state_ins:
-            tier = self.states.load(block_hash, [t[slot] for t in tensors])
-            if tier is None:
-                lost.add(slot)
-            elif tier == "host":
-                self.stats.checkpoints_from_host += 1
-            else:
-                self.stats.checkpoints_from_disk += 1
+        down, up, lost = _move(self.states, pool.tensors(), swaps.state_outs, swaps.state_ins)
+        self.stats.checkpoints_to_host += down["host"]
+        self.stats.checkpoints_to_disk += down["disk"]
+        self.stats.checkpoints_from_host += up["host"]
+        self.stats.checkpoints_from_disk += up["disk"]
         return lost
+
+
+def _move(
+    stack: TierStack,
+    tensors: list[torch.Tensor],
+    outs: list[tuple[int, bytes]],
+    ins: list[tuple[bytes, int]],
+) -> tuple[Counter[Tier], Counter[Tier], set[int]]:
+    """Rows `outs` (row, key) of `tensors` saved down the stack, then rows named `ins`
+    (key, row) restored into them; a row about to be restored is never pushed out to make
+    room. Returns the copies made down and up, per tier, and the rows that could not be
+    restored."""
+    keep = {key for key, _ in ins}
+    down: Counter[Tier] = Counter()
+    for row, key in outs:
+        down.update(stack.save([t[row] for t in tensors], key, keep))
+    up: Counter[Tier] = Counter()
+    lost = set()
+    for key, row in ins:
+        tier = stack.load(key, [t[row] for t in tensors])
+        if tier is None:
+            lost.add(row)
+        else:
+            up[tier] += 1
+    return down, up, lost
 
 
 def build_kv_tiers(
@@ -155,7 +160,9 @@ def build_kv_tiers(
         fingerprint = kv_fingerprint(source, numerics, like)
         directory = Path(config.disk_kv_cache_dir).expanduser() / fingerprint
         states_like = state_pool.tensors() if host_states else None
-        disk, states_disk = _disk_tiers(config, directory, like, block_bytes, states_like)
+        disk, states_disk = _disk_tiers(
+            config, directory, like, block_bytes, states_like, state_bytes
+        )
     states = None
     if host_states:
         states = TierStack(HostKVTier(state_pool.tensors(), host_states), states_disk)
@@ -168,10 +175,11 @@ def _disk_tiers(
     like: list[torch.Tensor],
     block_bytes: int,
     states_like: list[torch.Tensor] | None,
+    state_bytes: int,
 ) -> tuple[DiskKVTier, DiskKVTier | None]:
     """The disk tier of blocks under `directory`, and of state checkpoints (`states_like`:
-    the state pool's tensors, None when they do not go down) in its STATE_FOLDER, where
-    STATE_SHARE of the bound holds two of them beside two blocks."""
+    the state pool's tensors, None when they do not go down; `state_bytes` each) in its
+    STATE_FOLDER, where STATE_SHARE of the bound holds two of them beside two blocks."""
     memory = config.disk_kv_cache_memory
     if memory < 2 * block_bytes:  # a block's file is a bit larger
         raise InvalidRequestError(
@@ -180,7 +188,6 @@ def _disk_tiers(
         )
     state_memory = 0
     if states_like is not None:
-        state_bytes = sum(t[0].nbytes for t in states_like)
         state_memory = int(memory * STATE_SHARE)
         # A state's file is a bit larger than its bytes: room for two, or none at all.
         if state_memory < 2 * state_bytes or memory - state_memory < 2 * block_bytes:

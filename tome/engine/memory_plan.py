@@ -147,10 +147,15 @@ def plan_memory(
 def state_plan(config: ModelConfig, dtype: torch.dtype, engine: EngineConfig) -> StatePlan:
     """The state pool Engine allocates for `config` in `dtype` with the settings `engine`:
     nothing for a model without recurrent layers, as there."""
-    per_sequence = state_bytes_per_sequence(meta_model(config), dtype)
-    if not per_sequence:
+    return state_pool_plan(state_bytes_per_sequence(meta_model(config), dtype), engine)
+
+
+def state_pool_plan(bytes_per_sequence: int, engine: EngineConfig) -> StatePlan:
+    """The state pool of sequences of `bytes_per_sequence` with the settings `engine`: a
+    slot per seat and per checkpoint; none at all without recurrent state."""
+    if not bytes_per_sequence:
         return StatePlan(0, 0, 0)
-    return StatePlan(per_sequence, engine.max_num_seqs, engine.state_checkpoint_slots())
+    return StatePlan(bytes_per_sequence, engine.max_num_seqs, engine.state_checkpoint_slots())
 
 
 def _kv_plan(config: ModelConfig, name: str, tokens: int, room: int) -> KVPlan:
