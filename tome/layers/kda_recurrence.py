@@ -19,7 +19,7 @@ from tome.layers import kda_fla
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.kda_ops import chunk_kda, recurrent_kda_step
 from tome.layers.layer_kernels import uses_cpu_kernels, uses_triton
-from tome.layers.layer_state import state_pieces
+from tome.layers.layer_state import checkpoint_stepped, state_pieces
 
 
 def kda_recurrence(
@@ -73,10 +73,7 @@ def _decode_step(
             stepped[fresh] = 0
         out = recurrent_kda_step(q, k, v, g, beta, stepped)
         states.index_copy_(0, slots, stepped)
-    for seq in range(seqs):  # a one-token prefill chunk ending a block
-        checkpoint = meta.state_checkpoint(seq)
-        if checkpoint is not None:
-            states[checkpoint.slot] = states[meta.state_slots_cpu[seq]]
+    checkpoint_stepped(states, meta, seqs)
     return out
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from tome.layers.attention_metadata import AttentionMetadata
 from tome.layers.kda_recurrence import kda_recurrence
-from tome.layers.layer_state import StatefulLayer, StateSpec, state_pieces
+from tome.layers.layer_state import StatefulLayer, StateSpec, checkpoint_stepped, state_pieces
 from tome.layers.short_conv import ShortConvolution
 
 SOFTPLUS_LINEAR_FROM = 20.0  # softplus(x) is x to float precision past this
@@ -123,10 +123,7 @@ class KimiDeltaAttention(StatefulLayer):
             states[fresh] = 0
         out = self.conv1d.forward_step(mixed, states)
         self.conv_state.index_copy_(0, slots, states)
-        for seq in range(mixed.shape[0]):  # a one-token prefill chunk ending a block
-            checkpoint = meta.state_checkpoint(seq)
-            if checkpoint is not None:
-                self.conv_state[checkpoint.slot] = states[seq]
+        checkpoint_stepped(self.conv_state, meta, mixed.shape[0])
         return out
 
     def _convolve_chunk(

@@ -11,9 +11,13 @@ of the same tensors (StateCheckpoint; tome/engine/state_checkpoints.py)."""
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # attention_metadata imports StateCheckpoint from here
+    from tome.layers.attention_metadata import AttentionMetadata
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,16 @@ def state_pieces(
         (slice(0, checkpoint.tokens), (checkpoint.slot,)),
         (slice(checkpoint.tokens, num_tokens), (slot,)),
     ]
+
+
+def checkpoint_stepped(pool: torch.Tensor, meta: "AttentionMetadata", seqs: int) -> None:
+    """After a one-token step of the batch's first `seqs` sequences (decodes, one-token
+    chunks), copy the state of each that saves a checkpoint (its token completes a block)
+    from its slot of `pool` into the checkpoint's."""
+    for seq in range(seqs):
+        checkpoint = meta.state_checkpoint(seq)
+        if checkpoint is not None:
+            pool[checkpoint.slot] = pool[meta.state_slots_cpu[seq]]
 
 
 class StatefulLayer(nn.Module):
